@@ -666,8 +666,8 @@ func newJobsCancelCmd(a *App) *cobra.Command {
 	var reason string
 	var dry bool
 	cmd := &cobra.Command{
-		Use:   "cancel ID...",
-		Short: "Cancel unfinished jobs (a worker holding one loses its lease)",
+		Use:     "cancel ID...",
+		Short:   "Cancel unfinished jobs (a worker holding one loses its lease)",
 		Example: `  v3ctl jobs cancel 6f1c0e9e-2a44-4c1e-9d7b-0b5a3c1f8e21 --reason "duplicate upload" --yes`,
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
