@@ -64,6 +64,12 @@ COMMENT ON TABLE public.job_queue IS
 -- Claim walks this index in (priority, scheduled_at, created_at) order.
 CREATE INDEX job_queue_claim_idx ON public.job_queue (priority, scheduled_at, created_at)
   WHERE status = 'pending';
+-- Filtered claims (a worker asking for some types or lanes) walk this one,
+-- per "queue key" (the lane, or the type of a lane-less job), so that a large
+-- backlog of other types is never scanned.
+CREATE INDEX job_queue_claim_key_idx ON public.job_queue
+  ((coalesce(job_lane, job_type)), priority, scheduled_at, created_at)
+  WHERE status = 'pending';
 -- Reclaim and "what does worker X hold": in-flight jobs only. heartbeat_at is
 -- deliberately not indexed so that heartbeats stay HOT updates.
 CREATE INDEX job_queue_processing_idx ON public.job_queue (worker_id)
@@ -146,6 +152,20 @@ GRANT EXECUTE ON FUNCTION public.release_job_capacity(uuid) TO service_role;
 -- ---------------------------------------------------------------------------
 -- Helpers
 -- ---------------------------------------------------------------------------
+
+-- job_queue_types: every job type the queue accepts.
+-- +goose StatementBegin
+CREATE FUNCTION public.job_queue_types() RETURNS text[]
+  LANGUAGE sql IMMUTABLE
+  SET search_path = ''
+  AS $$
+  SELECT ARRAY['shell_file_processing', 'ai_processing', 'audit_cleanup', 'notification_delivery',
+               'report_generation', 'backup_operation', 'system_maintenance', 'semantic_processing',
+               'consent_verification', 'provider_verification', 'data_migration']
+$$;
+-- +goose StatementEnd
+REVOKE EXECUTE ON FUNCTION public.job_queue_types() FROM PUBLIC, anon, authenticated;
+GRANT EXECUTE ON FUNCTION public.job_queue_types() TO service_role;
 
 -- job_queue_valid_lanes: the lanes of a job type (empty array: lane-less type),
 -- NULL for an unknown type.
@@ -427,7 +447,11 @@ GRANT EXECUTE ON FUNCTION public.enqueue_job_v3(text, text, jsonb, text, integer
 -- claim_jobs_v3 claims up to p_limit due pending jobs, most urgent first
 -- (priority 1 first), then oldest scheduled_at, then created_at, skipping rows
 -- other claimers hold (FOR UPDATE SKIP LOCKED). Each claimed job gets a new
--- lease_token. Returns nothing while system.maintenance_mode is true.
+-- lease_token. p_job_types / p_job_lanes filter (NULL: any; with a lane
+-- filter, lane-less jobs are not claimed); unknown names are refused.
+-- Returns nothing while system.maintenance_mode is true.
+-- Without filters the claim walks job_queue_claim_idx; with filters it walks
+-- job_queue_claim_key_idx once per matching queue key and merges.
 -- +goose StatementBegin
 CREATE FUNCTION public.claim_jobs_v3(
   p_worker_id text,
@@ -446,6 +470,8 @@ CREATE FUNCTION public.claim_jobs_v3(
 #variable_conflict use_column
 DECLARE
   r public.job_queue;
+  v_keys text[];
+  v_bad text;
 BEGIN
   PERFORM public.job_queue_check_worker(p_worker_id);
   IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 1000 THEN
@@ -453,18 +479,82 @@ BEGIN
       MESSAGE = pg_catalog.format('invalid claim limit %s', coalesce(p_limit::text, 'NULL')),
       HINT = 'claim 1 to 1000 jobs at a time';
   END IF;
+  SELECT t INTO v_bad FROM pg_catalog.unnest(p_job_types) t
+  WHERE t IS NULL OR public.job_queue_valid_lanes(t) IS NULL LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION USING ERRCODE = '22023',
+      MESSAGE = pg_catalog.format('unknown job type %L in the claim filter', v_bad),
+      HINT = 'valid job types: ' || pg_catalog.array_to_string(public.job_queue_types(), ', ');
+  END IF;
+  SELECT l INTO v_bad FROM pg_catalog.unnest(p_job_lanes) l
+  WHERE l IS NULL OR l NOT IN ('fast_queue', 'standard_queue', 'ai_queue_simple', 'ai_queue_complex') LIMIT 1;
+  IF FOUND THEN
+    RAISE EXCEPTION USING ERRCODE = '22023',
+      MESSAGE = pg_catalog.format('unknown lane %L in the claim filter', v_bad),
+      HINT = 'valid lanes: fast_queue, standard_queue, ai_queue_simple, ai_queue_complex';
+  END IF;
   IF public.get_system_config('system.maintenance_mode', 'false'::jsonb) = 'true'::jsonb THEN
+    RETURN;
+  END IF;
+
+  IF p_job_types IS NULL AND p_job_lanes IS NULL THEN
+    FOR r IN
+      WITH cand AS (
+        SELECT c.id FROM public.job_queue c
+        WHERE c.status = 'pending' AND c.scheduled_at <= pg_catalog.now()
+        ORDER BY c.priority, c.scheduled_at, c.created_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+      ), upd AS (
+        UPDATE public.job_queue q
+        SET status = 'processing', worker_id = p_worker_id, lease_token = pg_catalog.gen_random_uuid(),
+            started_at = pg_catalog.now(), heartbeat_at = pg_catalog.now(), updated_at = pg_catalog.now()
+        FROM cand WHERE q.id = cand.id
+        RETURNING q.*
+      )
+      SELECT * FROM upd u ORDER BY u.priority, u.scheduled_at, u.created_at
+    LOOP
+      PERFORM public.job_queue_audit(r, 'CLAIM', 'pending',
+        pg_catalog.jsonb_build_object('attempt', r.retry_count + 1), NULL, p_worker_id);
+      id := r.id; job_type := r.job_type; job_lane := r.job_lane; job_name := r.job_name;
+      job_payload := r.job_payload; job_category := r.job_category; priority := r.priority;
+      attempt := r.retry_count + 1; retry_count := r.retry_count; max_retries := r.max_retries;
+      lease_token := r.lease_token; correlation_id := r.correlation_id; patient_id := r.patient_id;
+      shell_file_id := r.shell_file_id; scheduled_at := r.scheduled_at; started_at := r.started_at;
+      created_at := r.created_at;
+      RETURN NEXT;
+    END LOOP;
+    RETURN;
+  END IF;
+
+  -- Queue keys matching the filters: the lanes of laned types, the names of
+  -- lane-less types (only when no lane filter is given).
+  SELECT pg_catalog.array_agg(DISTINCT k.key) INTO v_keys
+  FROM pg_catalog.unnest(coalesce(p_job_types, public.job_queue_types())) t(jt)
+  CROSS JOIN LATERAL (
+    SELECT ln AS key FROM pg_catalog.unnest(public.job_queue_valid_lanes(t.jt)) ln
+    UNION ALL
+    SELECT t.jt WHERE pg_catalog.cardinality(public.job_queue_valid_lanes(t.jt)) = 0
+  ) k
+  WHERE p_job_lanes IS NULL OR k.key = ANY (p_job_lanes);
+  IF v_keys IS NULL THEN
     RETURN;
   END IF;
   FOR r IN
     WITH cand AS (
-      SELECT c.id FROM public.job_queue c
-      WHERE c.status = 'pending' AND c.scheduled_at <= pg_catalog.now()
-        AND (p_job_types IS NULL OR c.job_type = ANY (p_job_types))
-        AND (p_job_lanes IS NULL OR c.job_lane = ANY (p_job_lanes))
-      ORDER BY c.priority, c.scheduled_at, c.created_at
+      -- Per key, the best p_limit rows (locked; those not taken are unlocked
+      -- at commit and stay pending), then the best p_limit overall.
+      SELECT x.id FROM pg_catalog.unnest(v_keys) k(key)
+      CROSS JOIN LATERAL (
+        SELECT c.id, c.priority, c.scheduled_at, c.created_at FROM public.job_queue c
+        WHERE c.status = 'pending' AND coalesce(c.job_lane, c.job_type) = k.key
+          AND c.scheduled_at <= pg_catalog.now()
+        ORDER BY c.priority, c.scheduled_at, c.created_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+      ) x
+      ORDER BY x.priority, x.scheduled_at, x.created_at
       LIMIT p_limit
-      FOR UPDATE SKIP LOCKED
     ), upd AS (
       UPDATE public.job_queue q
       SET status = 'processing', worker_id = p_worker_id, lease_token = pg_catalog.gen_random_uuid(),
@@ -1099,6 +1189,7 @@ DROP FUNCTION IF EXISTS public.job_queue_finish(public.job_queue);
 DROP FUNCTION IF EXISTS public.job_queue_check_worker(text);
 DROP FUNCTION IF EXISTS public.job_queue_audit(public.job_queue, text, text, jsonb, text, text);
 DROP FUNCTION IF EXISTS public.job_queue_valid_lanes(text);
+DROP FUNCTION IF EXISTS public.job_queue_types();
 DROP FUNCTION IF EXISTS public.release_job_capacity(uuid);
 DROP FUNCTION IF EXISTS public.usage_enforce_enqueue(text, uuid, jsonb);
 DELETE FROM public.system_configuration

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 
@@ -41,7 +42,11 @@ func TestClaimEachJobExactlyOnce(t *testing.T) {
 				if w%2 == 1 {
 					limit = 1 + rand.IntN(25)
 				}
-				js, err := queue.Claim(ctx, pool, worker, nil, nil, limit)
+				var types []string
+				if w%4 >= 2 { // half of the workers take the filtered (per queue key) path
+					types = []string{"report_generation", "audit_cleanup"}
+				}
+				js, err := queue.Claim(ctx, pool, worker, types, nil, limit)
 				if err != nil {
 					errs <- err
 					return
@@ -158,6 +163,32 @@ func TestClaimPriorityOrder(t *testing.T) {
 	js, err = queue.Claim(ctx, pool, "w", []string{"ai_processing"}, nil, 5)
 	if err != nil || len(js) != 1 || js[0].ID != ai.JobID {
 		t.Fatalf("type filter: %v %v", js, err)
+	}
+	// Several queue keys: merged in priority order, lane filter excludes lane-less jobs.
+	var aiIDs []string
+	for _, p := range []struct {
+		typ, lane string
+		prio      int
+	}{{"ai_processing", "ai_queue_simple", 3}, {"audit_cleanup", "", 1}, {"ai_processing", "ai_queue_complex", 2},
+		{"shell_file_processing", "standard_queue", 4}, {"ai_processing", "ai_queue_simple", 1}} {
+		e := enqueue(t, pool, queue.EnqueueParams{JobType: p.typ, Lane: p.lane, Priority: p.prio})
+		if p.typ == "ai_processing" {
+			aiIDs = append(aiIDs, e.JobID)
+		}
+	}
+	js, err = queue.Claim(ctx, pool, "w", []string{"ai_processing", "shell_file_processing"}, []string{"ai_queue_simple", "ai_queue_complex"}, 10)
+	if err != nil || len(js) != 3 || js[0].ID != aiIDs[2] || js[1].ID != aiIDs[1] || js[2].ID != aiIDs[0] {
+		t.Fatalf("multi-key claim: %v %v", js, err)
+	}
+	js, err = queue.Claim(ctx, pool, "w", []string{"audit_cleanup", "shell_file_processing"}, nil, 1)
+	if err != nil || len(js) != 1 || js[0].JobType != "audit_cleanup" {
+		t.Fatalf("lane-less type filter: %v %v", js, err)
+	}
+	if _, err := queue.Claim(ctx, pool, "w", []string{"mining"}, nil, 1); err == nil || !strings.Contains(err.Error(), "unknown job type 'mining'") {
+		t.Fatalf("unknown type in filter: %v", err)
+	}
+	if _, err := queue.Claim(ctx, pool, "w", nil, []string{"slow_queue"}, 1); err == nil || !strings.Contains(err.Error(), "unknown lane 'slow_queue'") {
+		t.Fatalf("unknown lane in filter: %v", err)
 	}
 }
 
