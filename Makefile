@@ -34,8 +34,14 @@ demo: build ## the main job: private PostgreSQL, schema, status and flags
 
 completions: build ## regenerate completions/ (bash, zsh, fish, powershell)
 	@mkdir -p completions
-	@for sh in bash zsh fish powershell; do ./$(BIN) completion $$sh > completions/v3ctl.$$sh; done
+	./$(BIN) gen-docs completions completions
 	@echo "completions/ regenerated"
 
 clean: ## remove build output
 	rm -rf bin dist
+
+docs: build ## regenerate docs/reference (command reference from the cobra tree)
+	./$(BIN) gen-docs markdown docs/reference
+
+release-snapshot: ## build all archives offline with goreleaser (dist/)
+	goreleaser release --snapshot --clean --skip=publish
