@@ -33,18 +33,18 @@ func TestParseAge(t *testing.T) {
 	}
 }
 
-type cliResult struct {
+type jobsResult struct {
 	code     int
 	out, err string
 }
 
-func run(t *testing.T, url, stdin string, args ...string) cliResult {
+func runJobs(t *testing.T, url, stdin string, args ...string) jobsResult {
 	t.Helper()
 	var out, errb bytes.Buffer
 	t.Setenv("V3CTL_CONFIG", filepath.Join(t.TempDir(), "config.yaml"))
 	a := NewApp(strings.NewReader(stdin), &out, &errb)
 	code := Execute(context.Background(), a, append([]string{"--database-url", url, "--actor", "tester"}, args...))
-	return cliResult{code, out.String(), errb.String()}
+	return jobsResult{code, out.String(), errb.String()}
 }
 
 func TestJobsCLI(t *testing.T) {
@@ -53,7 +53,7 @@ func TestJobsCLI(t *testing.T) {
 	ctx := context.Background()
 
 	// enqueue: inline, stdin, @file; bad input exits 2 and writes nothing.
-	r := run(t, u, "", "jobs", "enqueue", "--type", "ai_processing", "--lane", "ai_queue_complex",
+	r := runJobs(t, u, "", "jobs", "enqueue", "--type", "ai_processing", "--lane", "ai_queue_complex",
 		"--payload", `{"shell_file_id":"00000000-0000-0000-0000-000000000001"}`, "--priority", "2", "--correlation-id", "c-1")
 	if r.code != 0 {
 		t.Fatalf("enqueue: %+v", r)
@@ -62,7 +62,7 @@ func TestJobsCLI(t *testing.T) {
 	if err := checkUUID("id", id); err != nil {
 		t.Fatalf("enqueue printed %q", r.out)
 	}
-	r = run(t, u, `{"report":"monthly"}`, "jobs", "enqueue", "--type", "report_generation", "--payload", "-", "--delay", "1h", "-o", "json")
+	r = runJobs(t, u, `{"report":"monthly"}`, "jobs", "enqueue", "--type", "report_generation", "--payload", "-", "--delay", "1h", "-o", "json")
 	var enq struct {
 		JobID       string    `json:"job_id"`
 		ScheduledAt time.Time `json:"scheduled_at"`
@@ -74,7 +74,7 @@ func TestJobsCLI(t *testing.T) {
 	if err := os.WriteFile(f, []byte(`{"scope":"all"}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if r = run(t, u, "", "jobs", "enqueue", "--type", "audit_cleanup", "--payload", "@"+f, "--dry-run"); r.code != 0 || !strings.Contains(r.err, "dry run") {
+	if r = runJobs(t, u, "", "jobs", "enqueue", "--type", "audit_cleanup", "--payload", "@"+f, "--dry-run"); r.code != 0 || !strings.Contains(r.err, "dry run") {
 		t.Fatalf("dry-run enqueue: %+v", r)
 	}
 	for _, bad := range [][]string{
@@ -86,7 +86,7 @@ func TestJobsCLI(t *testing.T) {
 		{"--type", "audit_cleanup", "--payload", `{"a":1}`, "--delay", "soon"},
 		{"--type", "ai_processing", "--payload", `{"patient_id":"nope"}`}, // refused by SQL -> exit 2
 	} {
-		r = run(t, u, "", append([]string{"jobs", "enqueue"}, bad...)...)
+		r = runJobs(t, u, "", append([]string{"jobs", "enqueue"}, bad...)...)
 		if r.code != ExitUsage || r.err == "" {
 			t.Errorf("enqueue %v: exit %d (%s), want 2", bad, r.code, r.err)
 		}
@@ -97,7 +97,7 @@ func TestJobsCLI(t *testing.T) {
 	}
 
 	// list / show: no payload unless asked.
-	r = run(t, u, "", "jobs", "list", "-o", "json")
+	r = runJobs(t, u, "", "jobs", "list", "-o", "json")
 	var list []queue.Summary
 	if r.code != 0 || json.Unmarshal([]byte(r.out), &list) != nil || len(list) != 2 {
 		t.Fatalf("list: %+v", r)
@@ -105,19 +105,19 @@ func TestJobsCLI(t *testing.T) {
 	if strings.Contains(r.out, "job_payload") {
 		t.Fatal("list printed a payload")
 	}
-	r = run(t, u, "", "jobs", "list", "--status", "bogus")
+	r = runJobs(t, u, "", "jobs", "list", "--status", "bogus")
 	if r.code != ExitUsage || !strings.Contains(r.err, "pending") {
 		t.Fatalf("list bad status: %+v", r)
 	}
-	r = run(t, u, "", "jobs", "show", id)
+	r = runJobs(t, u, "", "jobs", "show", id)
 	if r.code != 0 || !strings.Contains(r.out, "ENQUEUE") || strings.Contains(r.out, "payload:") {
 		t.Fatalf("show: %+v", r)
 	}
-	r = run(t, u, "", "jobs", "show", id, "--payload", "-o", "json")
+	r = runJobs(t, u, "", "jobs", "show", id, "--payload", "-o", "json")
 	if r.code != 0 || !strings.Contains(r.out, `"job_payload"`) {
 		t.Fatalf("show --payload: %+v", r)
 	}
-	if r = run(t, u, "", "jobs", "show", "00000000-0000-0000-0000-0000000000ff"); r.code != ExitNotFound {
+	if r = runJobs(t, u, "", "jobs", "show", "00000000-0000-0000-0000-0000000000ff"); r.code != ExitNotFound {
 		t.Fatalf("show unknown: %+v", r)
 	}
 
@@ -129,41 +129,41 @@ func TestJobsCLI(t *testing.T) {
 	if _, err := pool.Exec(ctx, `UPDATE job_queue SET heartbeat_at = now() - interval '1 day' WHERE id = $1`, id); err != nil {
 		t.Fatal(err)
 	}
-	r = run(t, u, "", "jobs", "stats", "-o", "json")
+	r = runJobs(t, u, "", "jobs", "stats", "-o", "json")
 	var st queue.Stats
 	if r.code != 0 || json.Unmarshal([]byte(r.out), &st) != nil || st.Stuck != 1 || st.Processing != 1 || st.Pending != 1 {
 		t.Fatalf("stats: %+v %+v", r, st)
 	}
-	r = run(t, u, "", "jobs", "reclaim", "--dry-run")
+	r = runJobs(t, u, "", "jobs", "reclaim", "--dry-run")
 	if r.code != 0 || !strings.Contains(r.out, "would have reclaimed 1 job(s)") {
 		t.Fatalf("reclaim dry-run: %+v", r)
 	}
-	r = run(t, u, "", "jobs", "reclaim")
+	r = runJobs(t, u, "", "jobs", "reclaim")
 	if r.code != 0 || !strings.Contains(r.out, "reclaimed 1 job(s), 0 dead-lettered") || strings.Count(r.out, "\n") != 1 {
 		t.Fatalf("reclaim: %+v", r)
 	}
-	r = run(t, u, "", "jobs", "reclaim", "-o", "json")
+	r = runJobs(t, u, "", "jobs", "reclaim", "-o", "json")
 	if r.code != 0 || !strings.Contains(r.out, `"reclaimed": 0`) {
 		t.Fatalf("second reclaim: %+v", r)
 	}
 
 	// cancel needs --yes without a terminal; then retry from dead letter.
-	if r = run(t, u, "", "jobs", "cancel", id); r.code != ExitUsage {
+	if r = runJobs(t, u, "", "jobs", "cancel", id); r.code != ExitUsage {
 		t.Fatalf("cancel without --yes: %+v", r)
 	}
-	if r = run(t, u, "", "jobs", "cancel", id, "--yes", "--reason", "test"); r.code != 0 || !strings.Contains(r.out, "cancelled") {
+	if r = runJobs(t, u, "", "jobs", "cancel", id, "--yes", "--reason", "test"); r.code != 0 || !strings.Contains(r.out, "cancelled") {
 		t.Fatalf("cancel: %+v", r)
 	}
-	if r = run(t, u, "", "jobs", "cancel", id, "--yes"); r.code != ExitError || !strings.Contains(r.out, "already cancelled") {
+	if r = runJobs(t, u, "", "jobs", "cancel", id, "--yes"); r.code != ExitError || !strings.Contains(r.out, "already cancelled") {
 		t.Fatalf("cancel again: %+v", r)
 	}
 	if _, err := pool.Exec(ctx, `UPDATE job_queue_archive SET status = 'dead_letter', dead_letter_at = now() WHERE id = $1`, id); err != nil {
 		t.Fatal(err)
 	}
-	if r = run(t, u, "", "jobs", "retry"); r.code != ExitUsage {
+	if r = runJobs(t, u, "", "jobs", "retry"); r.code != ExitUsage {
 		t.Fatalf("retry without selection: %+v", r)
 	}
-	if r = run(t, u, "", "jobs", "retry", id); r.code != 0 || strings.TrimSpace(r.out) != id {
+	if r = runJobs(t, u, "", "jobs", "retry", id); r.code != 0 || strings.TrimSpace(r.out) != id {
 		t.Fatalf("retry: %+v", r)
 	}
 	var changedBy string
@@ -178,28 +178,28 @@ func TestJobsCLI(t *testing.T) {
 	if _, err := pool.Exec(ctx, `UPDATE job_queue_archive SET completed_at = now() - interval '8 days'`); err != nil {
 		t.Fatal(err)
 	}
-	if r = run(t, u, "", "jobs", "purge", "--older-than", "week"); r.code != ExitUsage {
+	if r = runJobs(t, u, "", "jobs", "purge", "--older-than", "week"); r.code != ExitUsage {
 		t.Fatalf("purge bad age: %+v", r)
 	}
-	if r = run(t, u, "", "jobs", "purge", "--older-than", "7d", "--dry-run"); r.code != 0 || !strings.Contains(r.out, "would purge 2") {
+	if r = runJobs(t, u, "", "jobs", "purge", "--older-than", "7d", "--dry-run"); r.code != 0 || !strings.Contains(r.out, "would purge 2") {
 		t.Fatalf("purge dry-run: %+v", r)
 	}
-	if r = run(t, u, "", "jobs", "purge", "--older-than", "7d", "--yes"); r.code != 0 || !strings.Contains(r.out, "purged 2") {
+	if r = runJobs(t, u, "", "jobs", "purge", "--older-than", "7d", "--yes"); r.code != 0 || !strings.Contains(r.out, "purged 2") {
 		t.Fatalf("purge: %+v", r)
 	}
 
 	// watch without a terminal prints once; with --count it prints N times.
-	if r = run(t, u, "", "jobs", "watch"); r.code != 0 || strings.Count(r.out, "pending") != 1 {
+	if r = runJobs(t, u, "", "jobs", "watch"); r.code != 0 || strings.Count(r.out, "pending") != 1 {
 		t.Fatalf("watch: %+v", r)
 	}
-	if r = run(t, u, "", "jobs", "watch", "--interval", "100ms", "--count", "2", "-o", "json"); r.code != 0 || strings.Count(r.out, `"pending"`) != 2 {
+	if r = runJobs(t, u, "", "jobs", "watch", "--interval", "100ms", "--count", "2", "-o", "json"); r.code != 0 || strings.Count(r.out, `"pending"`) != 2 {
 		t.Fatalf("watch --count 2: %+v", r)
 	}
 }
 
 // reclaim against an unreachable database exits 9.
 func TestJobsReclaimUnreachable(t *testing.T) {
-	r := run(t, "postgres://nobody@127.0.0.1:1/none?connect_timeout=2", "", "jobs", "reclaim")
+	r := runJobs(t, "postgres://nobody@127.0.0.1:1/none?connect_timeout=2", "", "jobs", "reclaim")
 	if r.code != ExitUnavailable {
 		t.Fatalf("exit %d, want 9: %s", r.code, r.err)
 	}
