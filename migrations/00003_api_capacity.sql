@@ -75,7 +75,7 @@ CREATE TABLE public.api_capacity_ledger (
   tokens_actual integer CHECK (tokens_actual >= 0),
   job_id uuid,
   released_at timestamptz,
-  release_reason text CHECK (release_reason IN ('released', 'expired', 'lease_lost', 'job_finished', 'reset'))
+  release_reason text CHECK (release_reason IN ('released', 'expired', 'lease_lost', 'job_released', 'reset'))
 );
 CREATE INDEX api_capacity_ledger_window_idx ON public.api_capacity_ledger (limit_id, granted_at);
 
@@ -331,7 +331,7 @@ BEGIN
                      (public.get_system_config('ratelimit.hold_seconds', '300'::jsonb) #>> '{}')::integer);
   IF p_job_id IS NOT NULL THEN
     SELECT j.status, j.lease_token INTO v_job_status, v_job_token FROM public.job_queue j WHERE j.id = p_job_id;
-    IF NOT FOUND THEN
+    IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM public.job_queue_archive a WHERE a.id = p_job_id) THEN
       RAISE EXCEPTION USING ERRCODE = '22023',
         MESSAGE = pg_catalog.format('unknown job %s', p_job_id),
         HINT = 'tie capacity only to a job this worker is processing';
@@ -1050,7 +1050,41 @@ $$;
 REVOKE EXECUTE ON FUNCTION public.reset_api_rate_limit(text, text, text, text) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.reset_api_rate_limit(text, text, text, text) TO service_role;
 
+-- release_job_capacity: the queue's hook, called in the same transaction by
+-- complete_job, fail_job, reschedule_job, release_job, reclaim_timed_out_jobs
+-- and cancel_job. Ends every hold tied to the job (the window keeps the
+-- charged tokens; release_api_capacity_v2 before completing corrects them).
+-- It takes no limit lock, so the queue's transactions never wait for a
+-- capacity decision.
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION public.release_job_capacity(p_job_id uuid) RETURNS void
+  LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = ''
+  AS $$
+BEGIN
+  WITH del AS (
+    DELETE FROM public.api_capacity_holds h WHERE h.job_id = p_job_id RETURNING h.id
+  )
+  UPDATE public.api_capacity_ledger g
+  SET released_at = pg_catalog.clock_timestamp(), release_reason = 'job_released'
+  FROM del WHERE g.id = del.id AND g.released_at IS NULL;
+END
+$$;
+-- +goose StatementEnd
+
 -- +goose Down
+-- Restore the queue migration's no-op hook.
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION public.release_job_capacity(p_job_id uuid) RETURNS void
+  LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = ''
+  AS $$
+BEGIN
+  -- no-op: replaced by the ratelimit migration (frees vendor capacity held for the job)
+  RETURN;
+END
+$$;
+-- +goose StatementEnd
 DROP FUNCTION IF EXISTS public.reset_api_rate_limit(text, text, text, text);
 DROP FUNCTION IF EXISTS public.remove_api_rate_limit(text, text, text, text);
 DROP FUNCTION IF EXISTS public.set_api_rate_limit(text, text, jsonb, text, text);
