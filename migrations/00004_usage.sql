@@ -539,6 +539,13 @@ BEGIN
     p_files => 1, p_pages => v_pages, p_bytes => p_file_size_bytes,
     p_storage_delta => CASE WHEN v_counted THEN p_file_size_bytes ELSE 0 END,
     p_shell_file_id => p_shell_file_id);
+  IF v_id IS NULL THEN
+    -- Lost a race with the same key (not possible under the account lock;
+    -- kept so a duplicate can never count twice).
+    RETURN pg_catalog.jsonb_build_object('recorded', true, 'duplicate', true,
+      'event_id', (SELECT e.id FROM public.usage_events e WHERE e.idempotency_key = v_key),
+      'account_id', v_account, 'profile_id', p_profile_id, 'limit_hits', '[]'::jsonb);
+  END IF;
   INSERT INTO public.usage_storage_files (shell_file_id, profile_id, account_id, bytes, counted)
   VALUES (p_shell_file_id, p_profile_id, v_account, p_file_size_bytes, v_counted)
   ON CONFLICT (shell_file_id) DO NOTHING;
@@ -624,6 +631,11 @@ BEGIN
 
   v_id := public.usage_insert_event(v_key, 'ai_processing_completed', v_account, p_profile_id, p_occurred_at,
     p_tokens => p_tokens_used, p_jobs => 1, p_seconds => coalesce(p_processing_seconds, 0), p_job_id => p_job_id);
+  IF v_id IS NULL THEN
+    RETURN pg_catalog.jsonb_build_object('recorded', true, 'duplicate', true,
+      'event_id', (SELECT e.id FROM public.usage_events e WHERE e.idempotency_key = v_key),
+      'account_id', v_account, 'profile_id', p_profile_id, 'limit_hits', '[]'::jsonb);
+  END IF;
   v_hits := public.usage_record_limit_hits(v_account, p_profile_id, p_occurred_at, ARRAY['ai_tokens']);
   v_over := public.usage_over_limits(v_account, v_period);
   RETURN pg_catalog.jsonb_build_object('recorded', true, 'duplicate', false, 'event_id', v_id,
@@ -856,12 +868,8 @@ GRANT EXECUTE ON FUNCTION public.get_user_usage_status(uuid, timestamptz) TO aut
 -- reached its monthly AI token limit (or would pass it with the payload's
 -- optional estimated_tokens) is refused with V3L01. Other job types, jobs
 -- without a known profile, and everything when billing or tracking is off
--- pass. Guarded so the file also applies where the queue migration is absent.
+-- pass. Grants are kept from the queue migration (service_role only).
 -- +goose StatementBegin
-DO $do$
-BEGIN
-  IF to_regprocedure('public.usage_enforce_enqueue(text,uuid,jsonb)') IS NOT NULL THEN
-    EXECUTE $ddl$
 CREATE OR REPLACE FUNCTION public.usage_enforce_enqueue(p_job_type text, p_patient_id uuid, p_payload jsonb) RETURNS void
   LANGUAGE plpgsql SECURITY DEFINER
   SET search_path = ''
@@ -904,11 +912,7 @@ BEGIN
         (v_period + interval '1 month')::date);
   END IF;
 END
-$$
-$ddl$;
-  END IF;
-END
-$do$;
+$$;
 -- +goose StatementEnd
 
 -- ---------------------------------------------------------------------------
@@ -1390,24 +1394,17 @@ CREATE POLICY usage_storage_select ON public.usage_storage FOR SELECT TO authent
 -- usage_events, account_plan_history, usage_storage_files: no policies.
 
 -- +goose Down
--- Restore the queue migration's no-op enqueue hook.
+-- Restore the queue migration's no-op enqueue hook (same text as in 00002).
 -- +goose StatementBegin
-DO $do$
-BEGIN
-  IF to_regprocedure('public.usage_enforce_enqueue(text,uuid,jsonb)') IS NOT NULL THEN
-    EXECUTE $ddl$
 CREATE OR REPLACE FUNCTION public.usage_enforce_enqueue(p_job_type text, p_patient_id uuid, p_payload jsonb) RETURNS void
   LANGUAGE plpgsql SECURITY DEFINER
   SET search_path = ''
   AS $$
 BEGIN
+  -- no-op: replaced by the usage migration (refuses over-limit AI jobs when billing is on)
   RETURN;
 END
-$$
-$ddl$;
-  END IF;
-END
-$do$;
+$$;
 -- +goose StatementEnd
 DROP FUNCTION IF EXISTS public.usage_report(date, text, boolean);
 DROP FUNCTION IF EXISTS public.rebuild_usage_aggregates(date, text, text);
