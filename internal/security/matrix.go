@@ -665,4 +665,3 @@ func (m *Matrix) runTable(ctx context.Context, pool *pgxpool.Pool, sessions map[
 	}
 	return nil
 }
-
