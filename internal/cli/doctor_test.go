@@ -11,7 +11,7 @@ import (
 	"github.com/v3ctl/v3ctl/internal/testdb"
 )
 
-func runDoctor(t *testing.T, args ...string) (int, string, string) {
+func runDoctorCmd(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errOut bytes.Buffer
 	code := Execute(context.Background(), NewApp(strings.NewReader(""), &out, &errOut), args)
@@ -22,7 +22,7 @@ func TestDoctorCommand(t *testing.T) {
 	u := testdb.NewURL(t)
 	pool := testdb.Pool(t, u)
 
-	code, out, errOut := runDoctor(t, "--database-url", u, "doctor", "-o", "json")
+	code, out, errOut := runDoctorCmd(t, "--database-url", u, "doctor", "-o", "json")
 	if code != ExitOK {
 		t.Fatalf("fresh database: exit %d\n%s\n%s", code, out, errOut)
 	}
@@ -43,7 +43,7 @@ func TestDoctorCommand(t *testing.T) {
 	if _, err := pool.Exec(context.Background(), `CREATE POLICY planted ON public.shell_files FOR SELECT TO authenticated USING (uploaded_by = auth.uid())`); err != nil {
 		t.Fatal(err)
 	}
-	code, out, _ = runDoctor(t, "--database-url", u, "doctor")
+	code, out, _ = runDoctorCmd(t, "--database-url", u, "doctor")
 	if code != ExitDoctorWarn || !strings.Contains(out, "policy_per_row_auth") {
 		t.Fatalf("per-row policy: exit %d, want %d\n%s", code, ExitDoctorWarn, out)
 	}
@@ -52,7 +52,7 @@ func TestDoctorCommand(t *testing.T) {
 	if _, err := pool.Exec(context.Background(), `GRANT EXECUTE ON FUNCTION public.log_audit_event(text, text, text, jsonb, jsonb, text, text, uuid, text, uuid, text) TO anon`); err != nil {
 		t.Fatal(err)
 	}
-	code, out, _ = runDoctor(t, "--database-url", u, "doctor", "--check", "function_privileges", "-o", "json")
+	code, out, _ = runDoctorCmd(t, "--database-url", u, "doctor", "--check", "function_privileges", "-o", "json")
 	if code != ExitDoctorCritical {
 		t.Fatalf("granted function: exit %d, want %d\n%s", code, ExitDoctorCritical, out)
 	}
@@ -65,7 +65,7 @@ func TestDoctorCommand(t *testing.T) {
 	}
 
 	// A bad check name is a usage error naming the valid ones.
-	code, _, errOut = runDoctor(t, "--database-url", u, "doctor", "--check", "nope")
+	code, _, errOut = runDoctorCmd(t, "--database-url", u, "doctor", "--check", "nope")
 	if code != ExitUsage || !strings.Contains(errOut, "rls_disabled") {
 		t.Fatalf("bad --check: exit %d\n%s", code, errOut)
 	}
