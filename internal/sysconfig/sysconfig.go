@@ -9,10 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
@@ -156,7 +158,7 @@ func ParseValue(e Entry, raw string) (json.RawMessage, error) {
 		return json.RawMessage(strconv.FormatInt(n, 10)), nil
 	case "number":
 		f, err := strconv.ParseFloat(s, 64)
-		if err != nil {
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) { // JSON has no NaN or Infinity
 			return nil, &InvalidValueError{Key: e.Key, Value: raw, Reason: "must be a number" + rangeText(e)}
 		}
 		if err := checkRange(e, f, raw); err != nil {
@@ -164,6 +166,9 @@ func ParseValue(e Entry, raw string) (json.RawMessage, error) {
 		}
 		return json.RawMessage(strconv.FormatFloat(f, 'f', -1, 64)), nil
 	case "string":
+		if !utf8.ValidString(raw) || strings.ContainsRune(raw, 0) { // jsonb refuses both
+			return nil, &InvalidValueError{Key: e.Key, Value: raw, Reason: "must be UTF-8 text without NUL characters"}
+		}
 		b, _ := json.Marshal(raw)
 		return b, nil
 	}
