@@ -1,0 +1,108 @@
+package queue_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/v3ctl/v3ctl/internal/db"
+	"github.com/v3ctl/v3ctl/internal/queue"
+	"github.com/v3ctl/v3ctl/internal/testdb"
+)
+
+var ctx = context.Background()
+
+func enqueue(t testing.TB, q db.DB, p queue.EnqueueParams) queue.Enqueued {
+	t.Helper()
+	if p.JobType == "" {
+		p.JobType = "report_generation"
+	}
+	if p.JobName == "" {
+		p.JobName = "test job"
+	}
+	if p.Payload == nil {
+		p.Payload = json.RawMessage(`{"n":1}`)
+	}
+	e, err := queue.Enqueue(ctx, q, p)
+	if err != nil {
+		t.Fatalf("enqueue: %v", err)
+	}
+	return e
+}
+
+func claimOne(t testing.TB, q db.DB, worker string) queue.Job {
+	t.Helper()
+	js, err := queue.Claim(ctx, q, worker, nil, nil, 1)
+	if err != nil {
+		t.Fatalf("claim: %v", err)
+	}
+	if len(js) != 1 {
+		t.Fatalf("claim: got %d jobs, want 1", len(js))
+	}
+	return js[0]
+}
+
+func count(t testing.TB, q db.DB, sql string, args ...any) int {
+	t.Helper()
+	var n int
+	if err := q.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return n
+}
+
+func status(t testing.TB, q db.DB, id string) string {
+	t.Helper()
+	var s string
+	if err := q.QueryRow(ctx, `SELECT status FROM job_queue_all WHERE id = $1`, id).Scan(&s); err != nil {
+		t.Fatalf("status of %s: %v", id, err)
+	}
+	return s
+}
+
+func setConfig(t testing.TB, pool *pgxpool.Pool, key string, v any) {
+	t.Helper()
+	if _, err := pool.Exec(ctx, `UPDATE system_configuration SET config_value = $2::jsonb WHERE config_key = $1`, key, fmt.Sprint(v)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLifecycleCompleteMovesToArchive(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	e := enqueue(t, pool, queue.EnqueueParams{JobType: "ai_processing", CorrelationID: "corr-1",
+		Payload: json.RawMessage(`{"shell_file_id":"00000000-0000-0000-0000-000000000001"}`)})
+	j := claimOne(t, pool, "w1")
+	if j.ID != e.JobID || j.Attempt != 1 || j.LeaseToken == "" || j.Lane == nil || *j.Lane != "ai_queue_simple" {
+		t.Fatalf("claimed %+v", j)
+	}
+	if j.ShellFileID == nil || *j.ShellFileID != "00000000-0000-0000-0000-000000000001" {
+		t.Fatalf("shell_file_id from payload not set: %+v", j.ShellFileID)
+	}
+	lost, err := queue.Heartbeat(ctx, pool, "w1", []queue.Lease{j.Lease()})
+	if err != nil || len(lost) != 0 {
+		t.Fatalf("heartbeat lost=%v err=%v", lost, err)
+	}
+	ok, err := queue.Complete(ctx, pool, j.Lease(), json.RawMessage(`{"ok":true}`))
+	if err != nil || !ok {
+		t.Fatalf("complete ok=%v err=%v", ok, err)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM job_queue`); n != 0 {
+		t.Fatalf("job_queue still has %d rows", n)
+	}
+	if s := status(t, pool, e.JobID); s != "completed" {
+		t.Fatalf("status %s", s)
+	}
+	// Completing twice is refused.
+	ok, err = queue.Complete(ctx, pool, j.Lease(), nil)
+	if err != nil || ok {
+		t.Fatalf("second complete ok=%v err=%v", ok, err)
+	}
+	ops := count(t, pool, `SELECT count(*) FROM audit_log WHERE job_id = $1 AND correlation_id = 'corr-1' AND operation IN ('ENQUEUE','CLAIM','COMPLETE')`, e.JobID)
+	if ops != 3 {
+		t.Fatalf("audit rows: %d, want 3", ops)
+	}
+}
