@@ -42,6 +42,7 @@ type options struct {
 	cpuprofile                     string
 	riverCooldown, riverPoll       time.Duration
 	only                           string
+	batch                          int
 }
 
 func main() {
@@ -60,6 +61,7 @@ func main() {
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (both systems' client side)")
 	flag.DurationVar(&o.riverCooldown, "river-fetch-cooldown", time.Millisecond, "River FetchCooldown (default 100ms in River)")
 	flag.DurationVar(&o.riverPoll, "river-fetch-poll", 50*time.Millisecond, "River FetchPollInterval (default 1s in River)")
+	flag.IntVar(&o.batch, "batch", 8, "v3ctl claim batch size (jobs per claim)")
 	flag.StringVar(&o.only, "only", "", "comma-separated subset: physical,drain,pickup,claim")
 	flag.Parse()
 	if o.updateConns == 0 {
@@ -186,7 +188,7 @@ func run(ctx context.Context, o options) error {
 			c.RiverRound = append(c.RiverRound, rr)
 			logf("  River  %s", rr)
 			logf("drain round %d/%d: v3ctl, %d jobs, %d workers", i+1, o.rounds, o.jobs, o.workers)
-			vr, err := bench.Drain(ctx, pool, bench.DrainOptions{Jobs: o.jobs, Workers: o.workers})
+			vr, err := bench.Drain(ctx, pool, bench.DrainOptions{Jobs: o.jobs, Workers: o.workers, Batch: o.batch})
 			if err != nil {
 				return fmt.Errorf("v3ctl drain: %w", err)
 			}
