@@ -308,4 +308,3 @@ func newBenchPhysicalCmd(a *App, guard benchGuard) *cobra.Command {
 	c.Flags().DurationVar(&o.Duration, "duration", 3*time.Second, "how long to run")
 	return c
 }
-
