@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -105,4 +106,8 @@ func TestLifecycleCompleteMovesToArchive(t *testing.T) {
 	if ops != 3 {
 		t.Fatalf("audit rows: %d, want 3", ops)
 	}
+}
+
+func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, d)
 }
