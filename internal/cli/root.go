@@ -176,7 +176,12 @@ func (a *App) Confirm(what string) error {
 }
 
 // LoadConfig reads the configuration file.
-func (a *App) LoadConfig() (*config.File, error) { return config.Load(a.ConfigPath) }
+func (a *App) LoadConfig() (*config.File, error) {
+	if a.ConfigPath == "" {
+		a.ConfigPath = config.DefaultPath()
+	}
+	return config.Load(a.ConfigPath)
+}
 
 // DatabaseURL resolves which database to use, in this order: --database-url,
 // --context, V3CTL_DATABASE_URL, DATABASE_URL, V3CTL_CONTEXT, the config
@@ -297,7 +302,7 @@ private PostgreSQL for you (v3ctl dev up).`,
 	pf := root.PersistentFlags()
 	pf.StringVar(&a.flagDatabaseURL, "database-url", "", "PostgreSQL URL (env V3CTL_DATABASE_URL, then DATABASE_URL)")
 	pf.StringVar(&a.flagContext, "context", "", "named context from the config file (env V3CTL_CONTEXT)")
-	pf.StringVar(&a.ConfigPath, "config", config.DefaultPath(), "config file (env V3CTL_CONFIG)")
+	pf.StringVar(&a.ConfigPath, "config", "", "config file (default $XDG_CONFIG_HOME/v3ctl/config.yaml; env V3CTL_CONFIG)")
 	pf.StringP("output", "o", "table", "output format: "+strings.Join(output.Formats, ", "))
 	pf.Bool("no-color", false, "disable colour (also NO_COLOR)")
 	pf.BoolP("yes", "y", false, "assume yes: skip confirmations (required without a terminal)")
@@ -310,7 +315,7 @@ private PostgreSQL for you (v3ctl dev up).`,
 		return output.Formats, cobra.ShellCompDirectiveNoFileComp
 	})
 	_ = root.RegisterFlagCompletionFunc("context", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-		cf, err := config.Load(a.ConfigPath)
+		cf, err := a.LoadConfig()
 		if err != nil {
 			return nil, cobra.ShellCompDirectiveNoFileComp
 		}
@@ -335,7 +340,7 @@ private PostgreSQL for you (v3ctl dev up).`,
 
 // init runs before every command: config file, environment, logging.
 func (a *App) init(cmd *cobra.Command) error {
-	if !cmd.Flags().Changed("config") && os.Getenv("V3CTL_CONFIG") == "" {
+	if a.ConfigPath == "" {
 		a.ConfigPath = config.DefaultPath()
 	}
 	a.V.SetConfigFile(a.ConfigPath)
@@ -347,9 +352,6 @@ func (a *App) init(cmd *cobra.Command) error {
 		if err := a.V.ReadInConfig(); err != nil {
 			return fmt.Errorf("read config %s: %w", a.ConfigPath, err)
 		}
-	}
-	if a.flagContext == "" {
-		a.flagContext = "" // V3CTL_CONTEXT is read in DatabaseURL, after the URL env vars
 	}
 	if f := a.Format(); !output.ValidFormat(f) {
 		return UsageErrorf("invalid output format %q: use one of %s", f, strings.Join(output.Formats, ", "))
