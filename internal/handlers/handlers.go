@@ -30,6 +30,8 @@ type Job struct {
 	PatientID     string          `json:"patient_id,omitempty"`
 	ShellFileID   string          `json:"shell_file_id,omitempty"`
 	Payload       json.RawMessage `json:"payload"`
+	// LeaseToken fences capacity holds to this claim; never sent or logged.
+	LeaseToken string `json:"-"`
 }
 
 // Result is a successful outcome.

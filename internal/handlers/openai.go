@@ -20,17 +20,26 @@ type CapacityRequest struct {
 	Endpoint        string
 	EstimatedTokens int
 	JobID           string
+	LeaseToken      string
 }
 
 // Capacity is the vendor API capacity gate (the SQL functions
-// acquire_api_capacity / release_api_capacity, or a test double).
+// acquire_api_capacity_v2 / release_api_capacity_v2, or a test double).
 type Capacity interface {
-	// Acquire reserves capacity for one call. ok=false means none is free
-	// now; retryAfter, when positive, says when to ask again.
-	Acquire(ctx context.Context, r CapacityRequest) (ok bool, retryAfter time.Duration, err error)
-	// Release returns the reservation, with the tokens actually used (0
-	// when the call failed before any were counted).
-	Release(ctx context.Context, r CapacityRequest, actualTokens int) error
+	// Acquire reserves capacity for one call and returns a hold id; an empty
+	// hold means none is free now, and retryAfter, when positive, says when
+	// to ask again. A classified error (Permanent, RateLimited) is passed
+	// through to the job's outcome.
+	Acquire(ctx context.Context, r CapacityRequest) (hold string, retryAfter time.Duration, err error)
+	// Release ends the hold, charging the tokens actually used (0 when the
+	// call failed before any were counted).
+	Release(ctx context.Context, hold string, actualTokens int) error
+}
+
+// RateLimitReporter is optionally implemented by a Capacity that shares a
+// vendor's 429 with every worker (report_api_rate_limited).
+type RateLimitReporter interface {
+	ReportRateLimited(ctx context.Context, provider, endpoint string, retryAfter time.Duration)
 }
 
 const (
@@ -225,19 +234,23 @@ func (o *OpenAI) block(d time.Duration) {
 }
 
 // acquire waits up to CapacityWait for vendor capacity.
-func (o *OpenAI) acquire(ctx context.Context, cr CapacityRequest) error {
+func (o *OpenAI) acquire(ctx context.Context, cr CapacityRequest) (string, error) {
 	if o.Capacity == nil {
-		return nil
+		return "", nil
 	}
 	deadline := o.Now().Add(o.CapacityWait)
 	backoff := 50 * time.Millisecond
 	for {
-		ok, ra, err := o.Capacity.Acquire(ctx, cr)
+		hold, ra, err := o.Capacity.Acquire(ctx, cr)
 		if err != nil {
-			return Retryable(fmt.Errorf("acquire %s/%s capacity: %w", cr.Provider, cr.Endpoint, err))
+			var ce *Error
+			if errors.As(err, &ce) {
+				return "", err
+			}
+			return "", Retryable(fmt.Errorf("acquire %s/%s capacity: %w", cr.Provider, cr.Endpoint, err))
 		}
-		if ok {
-			return nil
+		if hold != "" {
+			return hold, nil
 		}
 		wait := backoff
 		if ra > 0 {
@@ -247,7 +260,7 @@ func (o *OpenAI) acquire(ctx context.Context, cr CapacityRequest) error {
 			if wait < time.Second {
 				wait = time.Second
 			}
-			return RateLimited(wait, fmt.Errorf("no %s/%s capacity within %s", cr.Provider, cr.Endpoint, o.CapacityWait))
+			return "", RateLimited(wait, fmt.Errorf("no %s/%s capacity within %s", cr.Provider, cr.Endpoint, o.CapacityWait))
 		}
 		if o.OnCapacityWait != nil {
 			o.OnCapacityWait(cr.Provider, cr.Endpoint)
@@ -256,7 +269,7 @@ func (o *OpenAI) acquire(ctx context.Context, cr CapacityRequest) error {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return context.Cause(ctx)
+			return "", context.Cause(ctx)
 		case <-t.C:
 		}
 		backoff = min(backoff*2, time.Second)
@@ -272,17 +285,18 @@ func (o *OpenAI) Handle(ctx context.Context, job Job) (Result, error) {
 	if err := o.gate(ctx); err != nil {
 		return Result{}, err
 	}
-	cr := CapacityRequest{Provider: o.Provider, Endpoint: o.Endpoint, EstimatedTokens: est, JobID: job.ID}
-	if err := o.acquire(ctx, cr); err != nil {
+	cr := CapacityRequest{Provider: o.Provider, Endpoint: o.Endpoint, EstimatedTokens: est, JobID: job.ID, LeaseToken: job.LeaseToken}
+	hold, err := o.acquire(ctx, cr)
+	if err != nil {
 		return Result{}, err
 	}
 	used := 0
-	if o.Capacity != nil {
+	if hold != "" {
 		defer func() {
 			// Release even when the job's context is gone.
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 			defer cancel()
-			_ = o.Capacity.Release(rctx, cr, used)
+			_ = o.Capacity.Release(rctx, hold, used)
 		}()
 	}
 	body, _ := json.Marshal(req)
@@ -316,6 +330,11 @@ func (o *OpenAI) Handle(ctx context.Context, job Job) (Result, error) {
 		}
 		d := o.rateLimitDelay(resp)
 		o.block(d)
+		if rr, ok := o.Capacity.(RateLimitReporter); ok {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			rr.ReportRateLimited(rctx, o.Provider, o.Endpoint, d)
+			cancel()
+		}
 		return Result{}, RateLimited(d, fmt.Errorf("%s/%s: 429 rate limited (retry after %s)", o.Provider, o.Endpoint, d))
 	case st == http.StatusServiceUnavailable:
 		if d, ok := RetryAfter(resp.Header, o.Now()); ok {

@@ -63,19 +63,19 @@ type fakeCapacity struct {
 	denied   int
 }
 
-func (c *fakeCapacity) Acquire(_ context.Context, r CapacityRequest) (bool, time.Duration, error) {
+func (c *fakeCapacity) Acquire(_ context.Context, r CapacityRequest) (string, time.Duration, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.free <= 0 {
 		c.denied++
-		return false, 20 * time.Millisecond, nil
+		return "", 20 * time.Millisecond, nil
 	}
 	c.free--
 	c.acquired++
-	return true, 0, nil
+	return "hold", 0, nil
 }
 
-func (c *fakeCapacity) Release(_ context.Context, r CapacityRequest, actual int) error {
+func (c *fakeCapacity) Release(_ context.Context, hold string, actual int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.free++
