@@ -208,7 +208,7 @@ func (r *rig) enqueue(n int) {
 func (r *rig) workerArgs(id string, concurrency int) []string {
 	return []string{"--config", r.cfg, "--database-url", r.url, "worker", "run",
 		"--worker-id", id, "--concurrency", strconv.Itoa(concurrency), "--types", faultType,
-		"--poll-interval", "500ms", "--shutdown-grace", "2s"}
+		"--poll-interval", "500ms", "--shutdown-grace", "2s", "--reclaim-interval", "1s", "--log-level", "warn"}
 }
 
 // startWorker starts one `v3ctl worker run` process.
@@ -441,7 +441,10 @@ func ownServer(t testing.TB) (devdb.Options, string) {
 			t.Fatal(err)
 		}
 	}
-	o := devdb.Options{Dir: filepath.Join(base, "pg"), Fast: true}
+	// Durable (fsync, synchronous_commit on): with synchronous_commit off an
+	// immediate stop loses commits the clients were told about (a claim the
+	// worker already acted on), which production settings never do.
+	o := devdb.Options{Dir: filepath.Join(base, "pg"), Fast: false}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	st, _, err := devdb.Up(ctx, o)
