@@ -43,6 +43,7 @@ type options struct {
 	riverCooldown, riverPoll       time.Duration
 	only                           string
 	batch                          int
+	systems                        string
 }
 
 func main() {
@@ -62,7 +63,8 @@ func main() {
 	flag.DurationVar(&o.riverCooldown, "river-fetch-cooldown", time.Millisecond, "River FetchCooldown (default 100ms in River)")
 	flag.DurationVar(&o.riverPoll, "river-fetch-poll", 50*time.Millisecond, "River FetchPollInterval (default 1s in River)")
 	flag.IntVar(&o.batch, "batch", 8, "v3ctl claim batch size (jobs per claim)")
-	flag.StringVar(&o.only, "only", "", "comma-separated subset: physical,drain,pickup,claim")
+	flag.StringVar(&o.only, "only", "", "comma-separated subset of workloads: physical,drain,pickup,claim")
+	flag.StringVar(&o.systems, "systems", "river,worker,batch", "comma-separated subset of systems: river, worker (v3ctl worker loop), batch (v3ctl claim batch)")
 	flag.Parse()
 	if o.updateConns == 0 {
 		o.updateConns = o.workers
@@ -75,11 +77,15 @@ func main() {
 	}
 }
 
-func (o options) want(part string) bool {
-	if o.only == "" {
+func (o options) want(part string) bool { return in(o.only, part) }
+
+func (o options) sys(name string) bool { return in(o.systems, name) }
+
+func in(list, part string) bool {
+	if list == "" {
 		return true
 	}
-	for _, p := range strings.Split(o.only, ",") {
+	for _, p := range strings.Split(list, ",") {
 		if strings.TrimSpace(p) == part {
 			return true
 		}
@@ -104,21 +110,42 @@ type Machine struct {
 	GoVer    string `json:"go"`
 	Workers  int    `json:"workers"`
 	Jobs     int    `json:"jobs"`
+	// LoadStart/LoadEnd are /proc/loadavg's 1-minute figure: other work on
+	// the machine skews every number.
+	LoadStart string `json:"load_start"`
+	LoadEnd   string `json:"load_end"`
 }
 
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return "?"
+	}
+	return f[0]
+}
+
+// Compare is one workload's drain rate for River and the two v3ctl modes.
 type Compare struct {
-	V3ctl      bench.Rate   `json:"v3ctl"`
-	River      bench.Rate   `json:"river"`
-	Ratio      float64      `json:"ratio_v3ctl_over_river"`
-	V3Rounds   []bench.Rate `json:"v3ctl_rounds"`
-	RiverRound []bench.Rate `json:"river_rounds"`
+	River       bench.Rate   `json:"river"`
+	V3Worker    bench.Rate   `json:"v3ctl_worker"`
+	V3Batch     bench.Rate   `json:"v3ctl_batch"`
+	RatioWorker float64      `json:"ratio_v3ctl_worker_over_river"`
+	RatioBatch  float64      `json:"ratio_v3ctl_batch_over_river"`
+	Batch       int          `json:"v3ctl_batch_size"`
+	RiverRounds []bench.Rate `json:"river_rounds"`
+	WorkerRound []bench.Rate `json:"v3ctl_worker_rounds"`
+	BatchRounds []bench.Rate `json:"v3ctl_batch_rounds"`
 }
 
+// ComparePickup is pickup latency for River and the two v3ctl modes.
 type ComparePickup struct {
-	V3ctl bench.Latency `json:"v3ctl"`
-	River bench.Latency `json:"river"`
-	// Ratio is River p50 / v3ctl p50: above 1 means v3ctl picks up faster.
-	Ratio float64 `json:"ratio_river_p50_over_v3ctl_p50"`
+	River    bench.Latency `json:"river"`
+	V3Worker bench.Latency `json:"v3ctl_worker"`
+	V3Batch  bench.Latency `json:"v3ctl_batch"`
 }
 
 func run(ctx context.Context, o options) error {
@@ -160,7 +187,7 @@ func run(ctx context.Context, o options) error {
 	if err := riverMigrate(ctx, pool); err != nil {
 		return fmt.Errorf("river migrations: %w", err)
 	}
-	rep := Report{Machine: Machine{CPUs: runtime.NumCPU(), GoVer: runtime.Version(), Workers: o.workers, Jobs: o.jobs}}
+	rep := Report{Machine: Machine{CPUs: runtime.NumCPU(), GoVer: runtime.Version(), Workers: o.workers, Jobs: o.jobs, LoadStart: loadavg()}}
 	var fsync string
 	if err := pool.QueryRow(ctx, `SELECT current_setting('server_version'), current_setting('fsync')`).Scan(&rep.Machine.Postgres, &fsync); err != nil {
 		return err
@@ -178,45 +205,61 @@ func run(ctx context.Context, o options) error {
 		rep.Physical = &r
 	}
 	if o.want("drain") {
-		c := &Compare{}
+		c := &Compare{Batch: o.batch}
 		for i := 0; i < o.rounds; i++ {
-			logf("drain round %d/%d: River, %d jobs, %d workers", i+1, o.rounds, o.jobs, o.workers)
-			rr, err := riverDrain(ctx, pool, o.jobs, tune)
-			if err != nil {
-				return err
+			logf("drain round %d/%d: %d jobs, %d workers", i+1, o.rounds, o.jobs, o.workers)
+			if o.sys("river") {
+				rr, err := riverDrain(ctx, pool, o.jobs, tune)
+				if err != nil {
+					return err
+				}
+				c.RiverRounds = append(c.RiverRounds, rr)
+				logf("  River               %s", rr)
 			}
-			c.RiverRound = append(c.RiverRound, rr)
-			logf("  River  %s", rr)
-			logf("drain round %d/%d: v3ctl, %d jobs, %d workers", i+1, o.rounds, o.jobs, o.workers)
-			vr, err := bench.Drain(ctx, pool, bench.DrainOptions{Jobs: o.jobs, Workers: o.workers, Batch: o.batch})
-			if err != nil {
-				return fmt.Errorf("v3ctl drain: %w", err)
+			if o.sys("worker") {
+				wr, err := bench.Drain(ctx, pool, bench.DrainOptions{Jobs: o.jobs, Workers: o.workers, Mode: bench.ModeWorker})
+				if err != nil {
+					return fmt.Errorf("v3ctl drain (worker): %w", err)
+				}
+				c.WorkerRound = append(c.WorkerRound, wr.Rate)
+				logf("  v3ctl worker loop   %s", wr.Rate)
 			}
-			c.V3Rounds = append(c.V3Rounds, vr.Rate)
-			logf("  v3ctl  %s", vr.Rate)
+			if o.sys("batch") {
+				br, err := bench.Drain(ctx, pool, bench.DrainOptions{Jobs: o.jobs, Workers: o.workers, Mode: bench.ModeBatch, Batch: o.batch})
+				if err != nil {
+					return fmt.Errorf("v3ctl drain (batch): %w", err)
+				}
+				c.BatchRounds = append(c.BatchRounds, br.Rate)
+				logf("  v3ctl claim batch   %s", br.Rate)
+			}
 		}
-		c.V3ctl, c.River = median(c.V3Rounds), median(c.RiverRound)
+		c.River, c.V3Worker, c.V3Batch = median(c.RiverRounds), median(c.WorkerRound), median(c.BatchRounds)
 		if c.River.PerSecond > 0 {
-			c.Ratio = round2(c.V3ctl.PerSecond / c.River.PerSecond)
+			c.RatioWorker = round2(c.V3Worker.PerSecond / c.River.PerSecond)
+			c.RatioBatch = round2(c.V3Batch.PerSecond / c.River.PerSecond)
 		}
 		rep.Drain = c
 	}
 	if o.want("pickup") {
 		p := &ComparePickup{}
-		logf("pickup: River, %d samples", o.samples)
-		if p.River, err = riverPickup(ctx, pool, o.samples, tune); err != nil {
-			return err
+		logf("pickup: %d samples each", o.samples)
+		if o.sys("river") {
+			if p.River, err = riverPickup(ctx, pool, o.samples, tune); err != nil {
+				return err
+			}
+			logf("  River               p50 %.2f ms, p95 %.2f ms, p99 %.2f ms", p.River.P50, p.River.P95, p.River.P99)
 		}
-		logf("  River  p50 %.2f ms, p95 %.2f ms, p99 %.2f ms", p.River.P50, p.River.P95, p.River.P99)
-		logf("pickup: v3ctl, %d samples", o.samples)
-		vr, err := bench.Pickup(ctx, pool, bench.PickupOptions{Samples: o.samples, Workers: o.workers})
-		if err != nil {
-			return fmt.Errorf("v3ctl pickup: %w", err)
+		if o.sys("worker") {
+			if p.V3Worker, err = bench.Pickup(ctx, pool, bench.PickupOptions{Samples: o.samples, Workers: o.workers, Mode: bench.ModeWorker}); err != nil {
+				return fmt.Errorf("v3ctl pickup (worker): %w", err)
+			}
+			logf("  v3ctl worker loop   p50 %.2f ms, p95 %.2f ms, p99 %.2f ms", p.V3Worker.P50, p.V3Worker.P95, p.V3Worker.P99)
 		}
-		p.V3ctl = vr
-		logf("  v3ctl  p50 %.2f ms, p95 %.2f ms, p99 %.2f ms", vr.P50, vr.P95, vr.P99)
-		if p.V3ctl.P50 > 0 {
-			p.Ratio = round2(p.River.P50 / p.V3ctl.P50)
+		if o.sys("batch") {
+			if p.V3Batch, err = bench.Pickup(ctx, pool, bench.PickupOptions{Samples: o.samples, Workers: o.workers, Mode: bench.ModeBatch}); err != nil {
+				return fmt.Errorf("v3ctl pickup (batch): %w", err)
+			}
+			logf("  v3ctl claimers      p50 %.2f ms, p95 %.2f ms, p99 %.2f ms", p.V3Batch.P50, p.V3Batch.P95, p.V3Batch.P99)
 		}
 		rep.Pickup = p
 	}
@@ -237,6 +280,7 @@ func run(ctx context.Context, o options) error {
 	if statsOn {
 		rep.TopSQL, _ = bench.TopStatements(ctx, pool, 12)
 	}
+	rep.Machine.LoadEnd = loadavg()
 	if o.jsonOut {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
@@ -249,37 +293,41 @@ func run(ctx context.Context, o options) error {
 func printReport(r Report) {
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	m := r.Machine
-	fmt.Fprintf(w, "machine: %d CPUs, PostgreSQL %s, durable=%v, %s; %d workers, %d jobs per drain\n\n", m.CPUs, m.Postgres, m.Durable, m.GoVer, m.Workers, m.Jobs)
-	fmt.Fprintln(w, "WORKLOAD\tV3CTL\tRIVER\tV3CTL/RIVER")
+	fmt.Fprintf(w, "machine: %d CPUs (load %s -> %s), PostgreSQL %s, durable=%v, %s; %d workers, %d jobs per drain\n\n", m.CPUs, m.LoadStart, m.LoadEnd, m.Postgres, m.Durable, m.GoVer, m.Workers, m.Jobs)
+	ratio := func(v, river float64) string {
+		if river <= 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2fx", v/river)
+	}
 	if d := r.Drain; d != nil {
-		fmt.Fprintf(w, "drain (jobs/s, median of %d)\t%.0f\t%.0f\t%.2fx\n", len(d.V3Rounds), d.V3ctl.PerSecond, d.River.PerSecond, d.Ratio)
+		fmt.Fprintf(w, "DRAIN (jobs/s, median of %d)\tJOBS/S\tV3CTL/RIVER\n", len(d.RiverRounds))
+		fmt.Fprintf(w, "River (MaxWorkers %d)\t%.0f\t\n", m.Workers, d.River.PerSecond)
+		fmt.Fprintf(w, "v3ctl worker loop (%d slots)\t%.0f\t%s\n", m.Workers, d.V3Worker.PerSecond, ratio(d.V3Worker.PerSecond, d.River.PerSecond))
+		fmt.Fprintf(w, "v3ctl claim batch %d + pipelined complete (%d loops)\t%.0f\t%s\n", d.Batch, m.Workers, d.V3Batch.PerSecond, ratio(d.V3Batch.PerSecond, d.River.PerSecond))
+		if ph := r.Physical; ph != nil && ph.PerSecond > 0 {
+			fmt.Fprintf(w, "physical limit: single-row UPDATE commits/s (%d conns, synchronous_commit=%s)\t%.0f\t\n", ph.Concurrent, ph.SynchronousCommit, ph.PerSecond)
+		}
+		fmt.Fprintln(w)
+	} else if ph := r.Physical; ph != nil {
+		fmt.Fprintf(w, "physical limit: single-row UPDATE commits/s (%d conns, synchronous_commit=%s)\t%.0f\n\n", ph.Concurrent, ph.SynchronousCommit, ph.PerSecond)
 	}
 	if p := r.Pickup; p != nil {
-		row := func(name string, v, rv float64) {
-			ratio := "-"
-			if rv > 0 {
-				ratio = fmt.Sprintf("%.2fx", v/rv)
-			}
-			fmt.Fprintf(w, "pickup %s (ms)\t%.2f\t%.2f\t%s\n", name, v, rv, ratio)
-		}
-		row("p50", p.V3ctl.P50, p.River.P50)
-		row("p95", p.V3ctl.P95, p.River.P95)
-		row("p99", p.V3ctl.P99, p.River.P99)
-	}
-	if ph := r.Physical; ph != nil {
-		fmt.Fprintf(w, "\nphysical limit: single-row UPDATE commits/s\t%.0f\t(%d conns, synchronous_commit=%s)\t\n", ph.PerSecond, ph.Concurrent, ph.SynchronousCommit)
-		if d := r.Drain; d != nil && ph.PerSecond > 0 {
-			fmt.Fprintf(w, "drain as share of the physical limit\t%.0f%%\t%.0f%%\t\n", 100*d.V3ctl.PerSecond/ph.PerSecond, 100*d.River.PerSecond/ph.PerSecond)
-		}
+		fmt.Fprintln(w, "PICKUP (enqueue -> handler start)\tP50 MS\tP95 MS\tP99 MS\tP50 V3CTL/RIVER")
+		fmt.Fprintf(w, "River\t%.2f\t%.2f\t%.2f\t\n", p.River.P50, p.River.P95, p.River.P99)
+		fmt.Fprintf(w, "v3ctl worker loop\t%.2f\t%.2f\t%.2f\t%s\n", p.V3Worker.P50, p.V3Worker.P95, p.V3Worker.P99, ratio(p.V3Worker.P50, p.River.P50))
+		fmt.Fprintf(w, "v3ctl listening claimers\t%.2f\t%.2f\t%.2f\t%s\n", p.V3Batch.P50, p.V3Batch.P95, p.V3Batch.P99, ratio(p.V3Batch.P50, p.River.P50))
+		fmt.Fprintln(w)
 	}
 	if len(r.Claim) > 0 {
-		fmt.Fprintln(w, "\nCLAIM LATENCY (v3ctl)\tP50 MS\tP95 MS\tP99 MS")
+		fmt.Fprintln(w, "CLAIM LATENCY (v3ctl, one job)\tP50 MS\tP95 MS\tP99 MS\tFILL S")
 		for _, c := range r.Claim {
-			fmt.Fprintf(w, "%d pending\t%.2f\t%.2f\t%.2f\n", c.Pending, c.Latency.P50, c.Latency.P95, c.Latency.P99)
+			fmt.Fprintf(w, "%d pending\t%.2f\t%.2f\t%.2f\t%.1f\n", c.Pending, c.Latency.P50, c.Latency.P95, c.Latency.P99, c.FillSecs)
 		}
+		fmt.Fprintln(w)
 	}
 	if len(r.TopSQL) > 0 {
-		fmt.Fprintln(w, "\nTOP STATEMENTS (pg_stat_statements)\tCALLS\tTOTAL MS\tMEAN MS")
+		fmt.Fprintln(w, "TOP STATEMENTS (pg_stat_statements, whole run)\tCALLS\tTOTAL MS\tMEAN MS")
 		for _, s := range r.TopSQL {
 			fmt.Fprintf(w, "%s\t%d\t%.0f\t%.3f\n", s.Query, s.Calls, s.TotalMS, s.MeanMS)
 		}

@@ -2,8 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"sync"
@@ -29,9 +27,11 @@ type DrainOptions struct {
 	Jobs int `json:"jobs"`
 	// Workers is the number of concurrent handlers.
 	Workers int `json:"workers"`
-	// Batch is how many jobs one claim takes (default 8); completions of a
-	// batch are pipelined in one round trip.
-	Batch int `json:"batch"`
+	// Mode is ModeWorker (default) or ModeBatch.
+	Mode string `json:"mode"`
+	// Batch (ModeBatch) is how many jobs one claim takes (default 8);
+	// completions of a batch are pipelined in one round trip.
+	Batch int `json:"batch,omitempty"`
 }
 
 // DrainResult is a drain measurement.
@@ -44,6 +44,8 @@ type DrainResult struct {
 type PickupOptions struct {
 	Samples int `json:"samples"`
 	Workers int `json:"workers"`
+	// Mode is ModeWorker (default) or ModeBatch (listening claimers).
+	Mode string `json:"mode"`
 }
 
 // ClaimOptions configure a claim-latency run at a given queue depth.
@@ -177,6 +179,17 @@ func Drain(ctx context.Context, pool *pgxpool.Pool, o DrainOptions) (DrainResult
 	if err := Fill(ctx, pool, o.Jobs, 3); err != nil {
 		return DrainResult{}, err
 	}
+	switch o.Mode {
+	case "", ModeWorker:
+		r, err := workerDrain(ctx, pool, o)
+		if err != nil {
+			return r, err
+		}
+		return r, Reset(ctx, pool)
+	case ModeBatch:
+	default:
+		return DrainResult{}, fmt.Errorf("unknown drain mode %q: use %s or %s", o.Mode, ModeWorker, ModeBatch)
+	}
 	var done atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
 	start := time.Now()
@@ -233,6 +246,17 @@ func Pickup(ctx context.Context, pool *pgxpool.Pool, o PickupOptions) (Latency, 
 	if err := Reset(ctx, pool); err != nil {
 		return Latency{}, err
 	}
+	switch o.Mode {
+	case "", ModeWorker:
+		l, err := workerPickup(ctx, pool, o)
+		if err != nil {
+			return l, err
+		}
+		return l, Reset(ctx, pool)
+	case ModeBatch:
+	default:
+		return Latency{}, fmt.Errorf("unknown pickup mode %q: use %s or %s", o.Mode, ModeWorker, ModeBatch)
+	}
 	started := make(chan time.Duration, o.Samples+o.Workers)
 	stop, err := startListeningClaimers(ctx, pool, o.Workers, func(j claimed) {
 		if j.T != 0 {
@@ -243,24 +267,11 @@ func Pickup(ctx context.Context, pool *pgxpool.Pool, o PickupOptions) (Latency, 
 		return Latency{}, err
 	}
 	defer stop()
-	ds := make([]time.Duration, 0, o.Samples)
-	for i := 0; i < o.Samples; i++ {
-		t := time.Now().UnixNano()
-		payload, _ := json.Marshal(map[string]int64{"t": t})
-		if _, err := pool.Exec(ctx, `SELECT public.enqueue_job_v3($1, $2, $3::jsonb, 'maintenance', 5)`, JobType, JobName, string(payload)); err != nil {
-			return Latency{}, err
-		}
-		select {
-		case d := <-started:
-			ds = append(ds, d)
-		case <-time.After(30 * time.Second):
-			return Latency{}, errors.New("pickup: a job was not started within 30s")
-		case <-ctx.Done():
-			return Latency{}, ctx.Err()
-		}
-		time.Sleep(time.Duration(10+(i*7)%20) * time.Millisecond)
+	l, err := pickupSamples(ctx, pool, o.Samples, started)
+	if err != nil {
+		return l, err
 	}
-	return Summarize(ds), Reset(ctx, pool)
+	return l, Reset(ctx, pool)
 }
 
 // startListeningClaimers runs n claimers woken by NOTIFY v3_jobs (and a

@@ -93,12 +93,16 @@ func newBenchQueueCmd(a *App, guard benchGuard) *cobra.Command {
 		Short: "Queue drain: pre-insert N jobs, drain them with M workers running a no-op handler; jobs/s",
 		Args:  cobra.NoArgs,
 		Example: `  v3ctl bench queue
-  v3ctl bench queue --jobs 50000 --workers 32 -o json`,
+  v3ctl bench queue --jobs 50000 --workers 32 -o json
+  v3ctl bench queue --mode batch --batch 32`,
 		RunE: func(c *cobra.Command, _ []string) error {
 			if err := positive("jobs", o.Jobs); err != nil {
 				return err
 			}
 			if err := positive("workers", o.Workers); err != nil {
+				return err
+			}
+			if err := oneOf("mode", o.Mode, bench.Modes); err != nil {
 				return err
 			}
 			if err := guard(c); err != nil {
@@ -118,6 +122,8 @@ func newBenchQueueCmd(a *App, guard benchGuard) *cobra.Command {
 	}
 	c.Flags().IntVar(&o.Jobs, "jobs", 20000, "jobs to pre-insert and drain")
 	c.Flags().IntVar(&o.Workers, "workers", 16, "concurrent handlers")
+	c.Flags().StringVar(&o.Mode, "mode", bench.ModeWorker, "worker: the real worker loop (as v3ctl worker run); batch: bare claim-batch + pipelined complete loops")
+	c.Flags().IntVar(&o.Batch, "batch", 8, "jobs per claim in --mode batch")
 	return c
 }
 
@@ -133,6 +139,9 @@ func newBenchPickupCmd(a *App, guard benchGuard) *cobra.Command {
 				return err
 			}
 			if err := positive("workers", o.Workers); err != nil {
+				return err
+			}
+			if err := oneOf("mode", o.Mode, bench.Modes); err != nil {
 				return err
 			}
 			if err := guard(c); err != nil {
@@ -152,6 +161,7 @@ func newBenchPickupCmd(a *App, guard benchGuard) *cobra.Command {
 	}
 	c.Flags().IntVar(&o.Samples, "samples", 300, "jobs enqueued one at a time")
 	c.Flags().IntVar(&o.Workers, "workers", 16, "idle handlers waiting")
+	c.Flags().StringVar(&o.Mode, "mode", bench.ModeWorker, "worker: the real worker loop; batch: bare listening claimers")
 	return c
 }
 
