@@ -87,6 +87,9 @@ func parseAge(s string) (time.Duration, error) {
 			return 0, fmt.Errorf("invalid duration %q: too long", s)
 		}
 		total += time.Duration(f * float64(unit))
+		if total > 100*365*24*time.Hour {
+			return 0, fmt.Errorf("invalid duration %q: too long (at most 100 years)", s)
+		}
 		rest = rest[len(m[0]):]
 	}
 	return total, nil

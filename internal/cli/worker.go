@@ -112,15 +112,9 @@ payloads or results.`,
 	for flag, key := range workerFlags {
 		_ = a.V.BindPFlag(key, f.Lookup(flag))
 	}
-	_ = cmd.RegisterFlagCompletionFunc("log-format", fixedCompletion("text", "json"))
-	_ = cmd.RegisterFlagCompletionFunc("log-level", fixedCompletion("debug", "info", "warn", "error"))
+	_ = cmd.RegisterFlagCompletionFunc("log-format", fixedCompletion([]string{"text", "json"}))
+	_ = cmd.RegisterFlagCompletionFunc("log-level", fixedCompletion([]string{"debug", "info", "warn", "error"}))
 	return cmd
-}
-
-func fixedCompletion(vals ...string) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-	return func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-		return vals, cobra.ShellCompDirectiveNoFileComp
-	}
 }
 
 // listValue reads a list from a flag, the config file (YAML list) or the

@@ -644,8 +644,19 @@ func checkDeadLetter(ctx context.Context, q db.DB, _ *Options) ([]Finding, error
 	if !ok {
 		return skipped("public.job_queue does not exist"), nil
 	}
+	// Finished jobs, dead letters included, move to job_queue_archive where
+	// that table exists; older schemas keep them in job_queue.
+	archived, err := columnsExist(ctx, q, "public.job_queue_archive", "status")
+	if err != nil {
+		return nil, err
+	}
+	query := `SELECT count(*) FROM public.job_queue WHERE status IN ('dead_letter', 'failed')`
+	if archived {
+		query = `SELECT (SELECT count(*) FROM public.job_queue WHERE status IN ('dead_letter', 'failed'))
+		              + (SELECT count(*) FROM public.job_queue_archive WHERE status IN ('dead_letter', 'failed'))`
+	}
 	var n int64
-	if err := q.QueryRow(ctx, `SELECT count(*) FROM public.job_queue WHERE status = 'dead_letter'`).Scan(&n); err != nil {
+	if err := q.QueryRow(ctx, query).Scan(&n); err != nil {
 		return nil, err
 	}
 	if n > 0 {

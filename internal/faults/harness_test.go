@@ -131,7 +131,7 @@ type rig struct {
 	ledger  *ledger
 	logDir  string
 	mu      sync.Mutex
-	workers map[int]*exec.Cmd
+	workers map[int]*proc
 	nextID  int
 	kills   atomic.Int64
 	jobIDs  []string
@@ -163,7 +163,7 @@ func newRig(t testing.TB, url string, handlerDelay time.Duration) *rig {
 		}
 	}
 	r := &rig{t: t, url: url, pool: pool, bin: v3ctlBinary(t), ledger: newLedger(t, handlerDelay),
-		logDir: t.TempDir(), workers: map[int]*exec.Cmd{}}
+		logDir: t.TempDir(), workers: map[int]*proc{}}
 	r.cfg = filepath.Join(r.logDir, "v3ctl.yaml")
 	conf := fmt.Sprintf(`worker:
   handlers:
@@ -230,9 +230,16 @@ func (r *rig) startWorker(concurrency int) int {
 	if err := cmd.Start(); err != nil {
 		r.t.Fatal(err)
 	}
-	r.workers[n] = cmd
-	go func() { _ = cmd.Wait(); logf.Close() }()
+	p := &proc{cmd: cmd, done: make(chan struct{})}
+	r.workers[n] = p
+	go func() { _ = cmd.Wait(); logf.Close(); close(p.done) }()
 	return n
+}
+
+// proc is a running worker process; done closes once it has been reaped.
+type proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
 }
 
 // killRandom SIGKILLs one running worker (its whole process group) and
@@ -249,7 +256,7 @@ func (r *rig) killRandom() int {
 	}
 	sort.Ints(ids)
 	id := ids[rand.IntN(len(ids))]
-	cmd := r.workers[id]
+	cmd := r.workers[id].cmd
 	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	delete(r.workers, id)
 	r.kills.Add(1)
@@ -259,20 +266,13 @@ func (r *rig) killRandom() int {
 func (r *rig) stopAll() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for id, cmd := range r.workers {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() {
-			for i := 0; i < 50; i++ {
-				if cmd.ProcessState != nil || syscall.Kill(cmd.Process.Pid, 0) != nil {
-					break
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
-			close(done)
-		}()
-		<-done
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	for id, p := range r.workers {
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+		}
+		_ = syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
 		delete(r.workers, id)
 	}
 }
