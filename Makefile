@@ -22,6 +22,12 @@ build: ## build bin/v3ctl
 test: ## run the whole test suite against real PostgreSQL
 	$(GO) test $(TEST_FLAGS) ./...
 
+test-faults: ## the long fault suite: SIGKILLed workers, PostgreSQL restart, dropped connections, pinned xmin (10k jobs each)
+	$(GO) test -race -tags faults -timeout 40m -run Long -v ./internal/faults/
+
+bench: ## v3ctl vs River on one private PostgreSQL in one run, next to the physical update rate
+	cd bench && $(GO) run . $(BENCH_FLAGS)
+
 test-short: ## quick subset (skips server start/stop tests)
 	$(GO) test -short ./...
 

@@ -406,3 +406,46 @@ func Purge(ctx context.Context, q db.DB, olderThan time.Duration, statuses []str
 
 // ErrNotFound: no job with that id (neither unfinished nor archived).
 var ErrNotFound = errors.New("job not found")
+
+// Completion is one job to complete with CompleteMany.
+type Completion struct {
+	Lease  Lease
+	Result json.RawMessage
+}
+
+// Batcher sends a pipelined batch; *pgxpool.Pool, *pgxpool.Conn and *pgx.Conn
+// satisfy it.
+type Batcher interface {
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
+// CompleteMany completes several jobs in one round trip: the complete_job
+// calls are pipelined and run in one implicit transaction, so they commit
+// together (one WAL flush) or not at all. ok[i] is complete_job's answer for
+// cs[i] (false: that lease was lost). On error nothing was committed unless
+// the connection failed after the commit; a retry is safe either way because
+// complete_job is fenced by the lease token.
+func CompleteMany(ctx context.Context, q Batcher, cs []Completion) (ok []bool, err error) {
+	b := &pgx.Batch{}
+	for _, c := range cs {
+		var res any
+		if c.Result != nil {
+			res = string(c.Result)
+		}
+		b.Queue(`SELECT public.complete_job($1::uuid, $2, $3::jsonb, $4::uuid)`, c.Lease.JobID, c.Lease.WorkerID, res, tok(c.Lease.Token))
+	}
+	br := q.SendBatch(ctx, b)
+	defer func() {
+		if cerr := br.Close(); err == nil && cerr != nil {
+			err = db.Explain(cerr)
+			ok = nil
+		}
+	}()
+	ok = make([]bool, len(cs))
+	for i := range cs {
+		if err := br.QueryRow().Scan(&ok[i]); err != nil {
+			return nil, db.Explain(err)
+		}
+	}
+	return ok, nil
+}

@@ -111,3 +111,48 @@ func TestLifecycleCompleteMovesToArchive(t *testing.T) {
 func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, d)
 }
+
+// CompleteMany completes held jobs together and answers false, changing
+// nothing, for a lease that is not held (stale token, other worker).
+func TestCompleteManyFencesEachJob(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	for i := 0; i < 4; i++ {
+		enqueue(t, pool, queue.EnqueueParams{Payload: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))})
+	}
+	js, err := queue.Claim(ctx, pool, "w1", nil, nil, 4)
+	if err != nil || len(js) != 4 {
+		t.Fatalf("claim: %d jobs, %v", len(js), err)
+	}
+	stale := js[2].Lease()
+	stale.Token = "00000000-0000-4000-8000-000000000000"
+	other := js[3].Lease()
+	other.WorkerID = "w2"
+	cs := []queue.Completion{
+		{Lease: js[0].Lease(), Result: json.RawMessage(`{"n":0}`)},
+		{Lease: js[1].Lease()},
+		{Lease: stale},
+		{Lease: other},
+	}
+	ok, err := queue.CompleteMany(ctx, pool, cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []bool{true, true, false, false}; fmt.Sprint(ok) != fmt.Sprint(want) {
+		t.Fatalf("CompleteMany = %v, want %v", ok, want)
+	}
+	for i, want := range []string{"completed", "completed", "processing", "processing"} {
+		if s := status(t, pool, js[i].ID); s != want {
+			t.Fatalf("job %d: %s, want %s", i, s, want)
+		}
+	}
+	var res string
+	if err := pool.QueryRow(ctx, `SELECT job_result::text FROM job_queue_all WHERE id = $1`, js[0].ID).Scan(&res); err != nil || res != `{"n": 0}` {
+		t.Fatalf("result %q %v", res, err)
+	}
+	// A second call with the same leases changes nothing.
+	ok, err = queue.CompleteMany(ctx, pool, cs[:2])
+	if err != nil || ok[0] || ok[1] {
+		t.Fatalf("repeat: %v %v", ok, err)
+	}
+}

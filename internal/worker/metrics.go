@@ -31,6 +31,7 @@ type Metrics struct {
 	DBErrors          *prometheus.CounterVec // op
 	Maintenance       prometheus.Gauge
 	Draining          prometheus.Gauge
+	CompleteBatches   prometheus.Histogram // jobs completed per commit
 }
 
 // NewMetrics registers the worker metrics (plus Go and process collectors)
@@ -68,9 +69,12 @@ func NewMetrics() *Metrics {
 			Help: "1 while system.maintenance_mode stops claiming."}),
 		Draining: prometheus.NewGauge(prometheus.GaugeOpts{Name: "v3_worker_draining",
 			Help: "1 while the worker drains for shutdown."}),
+		CompleteBatches: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "v3_worker_complete_batch_jobs",
+			Help:    "Jobs completed per commit (completions of concurrent jobs share one round trip).",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64}}),
 	}
 	r.MustRegister(m.Claimed, m.Completed, m.Failed, m.Rescheduled, m.Released, m.Discarded, m.Duration,
-		m.InFlight, m.HeartbeatFailures, m.LeasesLost, m.CapacityWaits, m.DBErrors, m.Maintenance, m.Draining,
+		m.InFlight, m.HeartbeatFailures, m.LeasesLost, m.CapacityWaits, m.DBErrors, m.Maintenance, m.Draining, m.CompleteBatches,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -122,7 +122,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 type running struct {
 	w      *Worker
 	cancel context.CancelFunc
-	done   chan error
+	done   chan error    // Run's result, read once (by stop)
+	exited chan struct{} // closed when Run has returned
 }
 
 func (r *running) stop(t *testing.T) {
@@ -156,13 +157,14 @@ func (e *env) start(cfg Config, hs map[string]handlers.Handler) *running {
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{w: w, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- w.Run(ctx) }()
+	r := &running{w: w, cancel: cancel, done: make(chan error, 1), exited: make(chan struct{})}
+	go func() { r.done <- w.Run(ctx); close(r.exited) }()
 	e.t.Cleanup(func() {
 		cancel()
 		select {
-		case <-r.done:
+		case <-r.exited:
 		case <-time.After(60 * time.Second):
+			e.t.Error("worker did not stop within 60s")
 		}
 	})
 	return r
