@@ -5,6 +5,12 @@
 // workers' connections. Afterwards every job must have been completed
 // exactly once and none lost.
 //
+// The drain tests send SIGTERM (and a second signal) to a worker with jobs
+// in flight and check the shutdown contract: no claims after the signal,
+// running jobs completed once or handed back without consuming an attempt,
+// exit 0 within the grace; after a second signal an immediate exit that
+// leaves the jobs to reclaim.
+//
 // Quick variants (a few hundred jobs) run in the ordinary `go test ./...`;
 // the long ones (10k jobs) carry the build tag "faults" and run with
 // `make test-faults` (go test -tags faults ./internal/faults/).

@@ -80,12 +80,18 @@ type ledgerEntry struct {
 // ledger is the handler: an HTTP endpoint the workers' http handler POSTs
 // every job to. It records each execution in memory, independently of the
 // database (so it survives database restarts), and answers 200.
+//
+// A job whose payload has "hold_ms" is held exactly that long; otherwise the
+// hold is random up to the ledger's delay. A hold ends early when the worker
+// drops the request (handler cancelled, process killed); an execution whose
+// hold ran to the end is also recorded in finished.
 type ledger struct {
-	mu      sync.Mutex
-	entries []ledgerEntry
-	srv     *httptest.Server
-	delay   time.Duration
-	count   atomic.Int64
+	mu       sync.Mutex
+	entries  []ledgerEntry
+	finished []ledgerEntry
+	srv      *httptest.Server
+	delay    time.Duration
+	count    atomic.Int64
 }
 
 func newLedger(t testing.TB, delay time.Duration) *ledger {
@@ -97,13 +103,32 @@ func newLedger(t testing.TB, delay time.Duration) *ledger {
 			http.Error(w, "no job id", http.StatusBadRequest)
 			return
 		}
+		var env struct {
+			Payload struct {
+				HoldMS int64 `json:"hold_ms"`
+			} `json:"payload"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&env)
 		l.mu.Lock()
 		l.entries = append(l.entries, ledgerEntry{JobID: id, Attempt: att, At: time.Now()})
 		l.mu.Unlock()
 		l.count.Add(1)
-		if l.delay > 0 {
-			time.Sleep(time.Duration(rand.Int64N(int64(l.delay))))
+		hold := time.Duration(env.Payload.HoldMS) * time.Millisecond
+		if hold <= 0 && l.delay > 0 {
+			hold = time.Duration(rand.Int64N(int64(l.delay)))
 		}
+		if hold > 0 {
+			t := time.NewTimer(hold)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			}
+		}
+		l.mu.Lock()
+		l.finished = append(l.finished, ledgerEntry{JobID: id, Attempt: att, At: time.Now()})
+		l.mu.Unlock()
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"ok":true}`))
 	}))
@@ -114,8 +139,32 @@ func newLedger(t testing.TB, delay time.Duration) *ledger {
 func (l *ledger) byJob() map[string][]ledgerEntry {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	m := map[string][]ledgerEntry{}
+	return groupByJob(l.entries)
+}
+
+// finishedByJob lists the executions whose hold ran to the end.
+func (l *ledger) finishedByJob() map[string][]ledgerEntry {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return groupByJob(l.finished)
+}
+
+// startedAfter lists the executions that started after t.
+func (l *ledger) startedAfter(t time.Time) []ledgerEntry {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []ledgerEntry
 	for _, e := range l.entries {
+		if e.At.After(t) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func groupByJob(es []ledgerEntry) map[string][]ledgerEntry {
+	m := map[string][]ledgerEntry{}
+	for _, e := range es {
 		m[e.JobID] = append(m[e.JobID], e)
 	}
 	return m
@@ -214,12 +263,19 @@ func (r *rig) workerArgs(id string, concurrency int) []string {
 // startWorker starts one `v3ctl worker run` process.
 func (r *rig) startWorker(concurrency int) int {
 	r.t.Helper()
+	return r.startWorkerWith(concurrency)
+}
+
+// startWorkerWith starts one `v3ctl worker run` process with extra flags
+// appended to the rig's (a repeated flag overrides the rig's value).
+func (r *rig) startWorkerWith(concurrency int, extra ...string) int {
+	r.t.Helper()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.nextID++
 	n := r.nextID
-	id := fmt.Sprintf("fault-w%d", n)
-	cmd := exec.Command(r.bin, r.workerArgs(id, concurrency)...)
+	id := workerName(n)
+	cmd := exec.Command(r.bin, append(r.workerArgs(id, concurrency), extra...)...)
 	logf, err := os.Create(filepath.Join(r.logDir, id+".log"))
 	if err != nil {
 		r.t.Fatal(err)
@@ -234,6 +290,16 @@ func (r *rig) startWorker(concurrency int) int {
 	r.workers[n] = p
 	go func() { _ = cmd.Wait(); logf.Close(); close(p.done) }()
 	return n
+}
+
+// workerName is the worker id (and log file name) of worker number n.
+func workerName(n int) string { return fmt.Sprintf("fault-w%d", n) }
+
+// proc returns worker number n (nil once it has been killed or stopped).
+func (r *rig) proc(n int) *proc {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.workers[n]
 }
 
 // proc is a running worker process; done closes once it has been reaped.
