@@ -49,5 +49,7 @@ clean: ## remove build output
 docs: build ## regenerate docs/reference (command reference from the cobra tree)
 	./$(BIN) gen-docs markdown docs/reference
 
-release-snapshot: ## build all archives offline with goreleaser (dist/)
-	goreleaser release --snapshot --clean --skip=publish
+GORELEASER ?= $(shell command -v goreleaser 2>/dev/null || echo $$($(GO) env GOPATH)/bin/goreleaser)
+
+release-snapshot: ## build all archives offline with goreleaser (dist/); install: go install github.com/goreleaser/goreleaser/v2@v2.15.1
+	$(GORELEASER) release --snapshot --clean --skip=publish
