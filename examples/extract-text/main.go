@@ -4,6 +4,10 @@
 // prints a JSON result: pages (form-feed separated), words, characters and
 // a checksum. It never prints the document's text.
 //
+// For ai_processing jobs whose payload has "task": "summarize" it stands in
+// for a model, offline: the result is a fake summary built from the same
+// counts (no text, no network), so the demo can run AI jobs without a vendor.
+//
 // Exit codes follow the exec contract: 0 success, 75 retry later, anything
 // else a permanent failure. Payload "simulate" values let the demo show
 // the other outcomes: "flaky" fails the first attempt with 75, "corrupt"
@@ -30,6 +34,7 @@ type job struct {
 type payload struct {
 	StoragePath string `json:"storage_path"`
 	Simulate    string `json:"simulate"`
+	Task        string `json:"task"`
 }
 
 func main() {
@@ -71,11 +76,20 @@ func main() {
 	}
 	text := string(body)
 	sum := sha256.Sum256(body)
+	pages := strings.Count(strings.TrimRight(text, "\f"), "\f") + 1
+	words := len(strings.Fields(text))
 	out := map[string]any{
-		"pages":      strings.Count(strings.TrimRight(text, "\f"), "\f") + 1,
-		"words":      len(strings.Fields(text)),
+		"pages":      pages,
+		"words":      words,
 		"characters": len([]rune(text)),
 		"sha256":     hex.EncodeToString(sum[:]),
+	}
+	if p.Task == "summarize" {
+		out = map[string]any{
+			"summary": fmt.Sprintf("Offline stand-in summary: a %d-page document of %d words (no model was called).", pages, words),
+			"model":   "none (offline example handler)",
+			"sha256":  hex.EncodeToString(sum[:]),
+		}
 	}
 	_ = json.NewEncoder(os.Stdout).Encode(out)
 }

@@ -39,6 +39,7 @@ var workerFlags = map[string]string{
 	"heartbeat-interval": "worker.heartbeat_interval",
 	"reclaim-interval":   "worker.reclaim_interval",
 	"metrics-addr":       "worker.metrics_addr",
+	"exit-when-idle":     "worker.exit_when_idle",
 	"log-format":         "worker.log_format",
 	"log-level":          "worker.log_level",
 }
@@ -62,6 +63,10 @@ SIGINT/SIGTERM: stop claiming, let running jobs finish within
 --shutdown-grace, then hand the rest back without consuming an attempt. A
 second signal exits at once (reclaim recovers those jobs later).
 
+--exit-when-idle D turns the worker into a batch runner: it exits (status 0)
+once no job has been running and none could be claimed for D. Retries whose
+backoff ends within D are still run; jobs scheduled further ahead stay pending.
+
 Every flag can also be set in the config file (worker.concurrency,
 worker.poll_interval, ...) or the environment (V3CTL_WORKER_CONCURRENCY, ...).
 Logs (stderr) carry job_id, correlation_id, attempt and duration, never
@@ -75,6 +80,7 @@ payloads or results.`,
       notification_delivery: {kind: http, url: "https://example.org/hook", secret_env: WEBHOOK_SECRET}
 
   v3ctl worker run --metrics-addr :9090 --log-format json
+  v3ctl worker run --exit-when-idle 5s   # drain the queue, then exit
   V3CTL_WORKER_CONCURRENCY=16 v3ctl worker run --types ai_processing`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -107,6 +113,7 @@ payloads or results.`,
 	f.Duration("heartbeat-interval", 0, "lease renewal interval (default: worker.heartbeat_interval_seconds from the database)")
 	f.Duration("reclaim-interval", 30*time.Second, "run reclaim_timed_out_jobs this often (negative: never)")
 	f.String("metrics-addr", "", "serve /metrics, /healthz and /readyz on this address, e.g. :9090")
+	f.Duration("exit-when-idle", 0, "exit once no job has run or been claimable for this long (0: run until stopped)")
 	f.String("log-format", "text", "log format: text or json")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
 	for flag, key := range workerFlags {
@@ -167,6 +174,7 @@ func workerConfig(a *App) (worker.Config, error) {
 		{"shutdown-grace", &cfg.ShutdownGrace, 0},
 		{"heartbeat-interval", &cfg.HeartbeatInterval, 0},
 		{"reclaim-interval", &cfg.ReclaimInterval, -1 << 62},
+		{"exit-when-idle", &cfg.ExitWhenIdle, 0},
 	}
 	for _, d := range durs {
 		*d.dst = v.GetDuration(workerFlags[d.flag])

@@ -476,3 +476,60 @@ func metricValue(m prometheus.Metric) float64 {
 	}
 	return -1
 }
+
+// TestExitWhenIdle: with ExitWhenIdle the worker runs every claimable job,
+// including a retry that comes due while it waits, then returns nil on its
+// own once nothing has run or been claimable for that long.
+func TestExitWhenIdle(t *testing.T) {
+	e := newEnv(t)
+	e.exec(`UPDATE public.system_configuration SET config_value = '1' WHERE config_key = 'queue.retry_base_delay_seconds'`)
+	var calls sync.Map
+	var flaky atomic.Int64
+	h := handlers.Func(func(ctx context.Context, j handlers.Job) (handlers.Result, error) {
+		var p struct{ Flaky bool }
+		_ = json.Unmarshal(j.Payload, &p)
+		if p.Flaky && flaky.Add(1) == 1 {
+			return handlers.Result{}, errors.New("temporary")
+		}
+		return modeHandler(&calls).Handle(ctx, j)
+	})
+	ok := e.enqueue("report_generation", `{"mode":"ok"}`)
+	bad := e.enqueue("report_generation", `{"mode":"permanent"}`)
+	retried := e.enqueue("report_generation", `{"flaky":true}`)
+	later := e.enqueue("data_migration", `{"n":1}`)
+	e.exec(`UPDATE public.job_queue SET scheduled_at = now() + interval '1 hour' WHERE id = $1`, later)
+
+	const idle = 1500 * time.Millisecond
+	start := time.Now()
+	r := e.start(Config{Concurrency: 2, ExitWhenIdle: idle, PollInterval: time.Hour},
+		map[string]handlers.Handler{"report_generation": h, "data_migration": modeHandler(&calls)})
+	select {
+	case err := <-r.done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(45 * time.Second):
+		t.Fatal("the worker did not exit when idle")
+	}
+	if d := time.Since(start); d < idle {
+		t.Fatalf("exited after %s, before the idle period", d)
+	}
+	if j := e.job(ok); j.Status != "completed" {
+		t.Fatalf("ok job: %+v", j)
+	}
+	if j := e.job(bad); j.Status != "dead_letter" {
+		t.Fatalf("permanent job: %+v", j)
+	}
+	if j := e.job(retried); j.Status != "completed" || j.RetryCount != 1 {
+		t.Fatalf("the retry that came due while idle was not run: %+v", j)
+	}
+	if j := e.job(later); j.Status != "pending" {
+		t.Fatalf("a job scheduled an hour ahead was run: %+v", j)
+	}
+	logs := e.logs.String()
+	for _, want := range []string{"queue drained", "completed=2", "failed_will_retry=1", "failed_final=1"} {
+		if !strings.Contains(logs, want) {
+			t.Fatalf("logs lack %q", want)
+		}
+	}
+}
