@@ -7,6 +7,8 @@
 // For ai_processing jobs whose payload has "task": "summarize" it stands in
 // for a model, offline: the result is a fake summary built from the same
 // counts (no text, no network), so the demo can run AI jobs without a vendor.
+// Its "usage" member (made-up token counts derived from the word count) is
+// metered by the worker like a model's.
 //
 // Exit codes follow the exec contract: 0 success, 75 retry later, anything
 // else a permanent failure. Payload "simulate" values let the demo show
@@ -85,10 +87,13 @@ func main() {
 		"sha256":     hex.EncodeToString(sum[:]),
 	}
 	if p.Task == "summarize" {
+		prompt, completion := 60+words*4/3, 40
 		out = map[string]any{
 			"summary": fmt.Sprintf("Offline stand-in summary: a %d-page document of %d words (no model was called).", pages, words),
 			"model":   "none (offline example handler)",
 			"sha256":  hex.EncodeToString(sum[:]),
+			"usage": map[string]int{"prompt_tokens": prompt, "completion_tokens": completion,
+				"total_tokens": prompt + completion},
 		}
 	}
 	_ = json.NewEncoder(os.Stdout).Encode(out)

@@ -180,4 +180,10 @@ func TestDemoBatchRunsToCompletion(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT job_result->>'summary' FROM public.job_queue_all WHERE job_type = 'ai_processing' LIMIT 1`).Scan(&summary); err != nil || !strings.Contains(summary, "no model was called") {
 		t.Fatalf("ai_processing result: %q %v", summary, err)
 	}
+	// The stand-in summaries report token usage, which the worker meters.
+	var aiJobs, tokens int
+	if err := pool.QueryRow(ctx, `SELECT count(*), coalesce(sum(tokens), 0) FROM public.usage_events
+		WHERE event_type = 'ai_processing_completed'`).Scan(&aiJobs, &tokens); err != nil || aiJobs != 2 || tokens <= 0 {
+		t.Fatalf("AI usage: %d jobs, %d tokens, %v", aiJobs, tokens, err)
+	}
 }

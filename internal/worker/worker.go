@@ -174,7 +174,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	w.hasUsageFunc = w.functionExists(ctx, "public.track_ai_processing_usage(uuid,uuid,integer,integer)")
+	w.hasUsageFunc = w.functionExists(ctx, "public.track_ai_processing_usage(uuid,uuid,integer,integer,timestamptz)")
 	w.log.Info("worker started", slog.Int("concurrency", w.cfg.Concurrency), slog.Any("types", w.types),
 		slog.Any("lanes", w.cfg.Lanes), slog.Duration("heartbeat", w.heartbeat),
 		slog.Duration("poll_interval", w.cfg.PollInterval), slog.Duration("shutdown_grace", w.cfg.ShutdownGrace))

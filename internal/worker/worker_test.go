@@ -533,3 +533,24 @@ func TestExitWhenIdle(t *testing.T) {
 		}
 	}
 }
+
+// TestUsageMetered: a result with Usage is metered for the job's profile in
+// the transaction that completes it.
+func TestUsageMetered(t *testing.T) {
+	e := newEnv(t)
+	e.exec(`INSERT INTO auth.users (id, email) VALUES ('00000000-0000-4000-8000-0000000000aa', 'meter@example.test')`)
+	e.exec(`INSERT INTO public.user_profiles (id, account_owner_id, display_name)
+		VALUES ('00000000-0000-4000-8000-0000000000bb', '00000000-0000-4000-8000-0000000000aa', 'Meter')`)
+	h := handlers.Func(func(ctx context.Context, j handlers.Job) (handlers.Result, error) {
+		return handlers.Result{Output: json.RawMessage(`{"ok":true}`), Usage: &handlers.Usage{TotalTokens: 321}}, nil
+	})
+	id := e.enqueue("ai_processing", `{"patient_id":"00000000-0000-4000-8000-0000000000bb"}`)
+	r := e.start(Config{Concurrency: 1, Types: []string{"ai_processing"}}, map[string]handlers.Handler{"ai_processing": h})
+	waitFor(t, "job", func() bool { return e.job(id).Status == "completed" })
+	r.stop(t)
+	var tokens int
+	if err := e.pool.QueryRow(context.Background(), `SELECT coalesce(sum(tokens), 0) FROM public.usage_events
+		WHERE event_type = 'ai_processing_completed' AND job_id = $1`, id).Scan(&tokens); err != nil || tokens != 321 {
+		t.Fatalf("metered tokens %d, %v", tokens, err)
+	}
+}
