@@ -14,7 +14,14 @@ bold=$'\033[1m' dim=$'\033[2m' reset=$'\033[0m'
 if [[ ! -t 2 || -n "${NO_COLOR:-}" ]]; then bold='' dim='' reset=''; fi
 step() { printf '\n%s==> %s%s\n' "$bold" "$*" "$reset" >&2; }
 # run shows a command (as you would type it) and runs it.
-run() { printf '%s$ v3ctl %s%s\n' "$dim" "$*" "$reset" >&2; "$V3CTL" "$@"; }
+run() {
+  local shown=v3ctl arg
+  for arg; do
+    if [[ $arg =~ ^[][A-Za-z0-9_./:=@,+-]+$ ]]; then shown+=" $arg"; else shown+=" \"$arg\""; fi
+  done
+  printf '%s$ %s%s\n' "$dim" "$shown" "$reset" >&2
+  "$V3CTL" "$@"
+}
 
 for bin in "$V3CTL" "$HANDLER"; do
   [[ -x $bin ]] || { echo "missing $bin: run make build (or make demo)" >&2; exit 1; }
@@ -86,6 +93,10 @@ ${bold}What you just saw${reset}
     with examples/extract-text as an exec handler: the imaging report failed
     once and was retried, the "corrupt" referral letter went to the dead
     letter queue, the AI jobs got an offline stand-in summary.
+  * jobs stats: this run's jobs by status, type and lane (dead letters add up
+    over runs). limits list: the vendor rate limits all workers share (the
+    offline demo calls no vendor, so they stay at 0). usage: files, pages and
+    AI tokens per account against its plan.
 
 ${bold}Next${reset}
   v3ctl jobs list --status dead_letter     # the failed job; then: v3ctl jobs show <id>
