@@ -49,6 +49,7 @@ run dev seed --jobs
 step "4/5 A worker runs the batch with the example exec handler, then exits"
 cat >"$tmp/worker.yaml" <<EOF
 # Job JSON on stdin; exit 0 = done, 75 = retry later, anything else = permanent.
+# The handler opens each payload's storage_path under V3_DOCUMENT_ROOT.
 worker:
   concurrency: 4
   poll_interval: 250ms
@@ -57,17 +58,15 @@ worker:
       kind: exec
       command: ["$HANDLER"]
       timeout: 30s
+      env: {V3_DOCUMENT_ROOT: "$ROOT/examples/documents"}
     ai_processing:
       kind: exec
       command: ["$HANDLER"]
       timeout: 30s
+      env: {V3_DOCUMENT_ROOT: "$ROOT/examples/documents"}
 EOF
 printf '%sworker config (%s):%s\n' "$dim" "$tmp/worker.yaml" "$reset" >&2
 sed 's/^/    /' "$tmp/worker.yaml" >&2
-# The handler opens each payload's storage_path under V3_DOCUMENT_ROOT; exec
-# handlers inherit the worker's environment.
-export V3_DOCUMENT_ROOT=$ROOT/examples/documents
-printf '%s$ export V3_DOCUMENT_ROOT=%s%s\n' "$dim" "$V3_DOCUMENT_ROOT" "$reset" >&2
 # Log lines shortened: no timestamp, worker id or correlation id, short job ids.
 run --config "$tmp/worker.yaml" worker run --exit-when-idle 3s 2>&1 |
   sed -E 's/^time=[^ ]+ //; s/ (worker_id|correlation_id)=[^ ]+//g; s/job_id=([0-9a-f]{8})[0-9a-f-]{28}/job=\1/' >&2

@@ -120,6 +120,7 @@ func TestDevSeedRefusesOtherDatabases(t *testing.T) {
 // a worker with the example exec handler until the queue is drained, and
 // find every job finished as the demo describes it.
 func TestDemoBatchRunsToCompletion(t *testing.T) {
+	t.Parallel()
 	u := testdb.NewURL(t)
 	pool := testdb.Pool(t, u)
 	ctx := context.Background()
@@ -132,9 +133,9 @@ func TestDemoBatchRunsToCompletion(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Setenv("V3_DOCUMENT_ROOT", docs)
 	cfg := filepath.Join(dir, "config.yaml")
-	spec := `{kind: exec, command: ["` + handler + `"], timeout: 30s}`
+	// The env name keeps its case (viper would lower-case it).
+	spec := `{kind: exec, command: ["` + handler + `"], timeout: 30s, env: {V3_DOCUMENT_ROOT: "` + docs + `"}}`
 	if err := os.WriteFile(cfg, []byte("worker:\n  handlers:\n    shell_file_processing: "+spec+"\n    ai_processing: "+spec+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -3,11 +3,13 @@ package cli
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
 
 	"github.com/v3ctl/v3ctl/internal/handlers"
 	"github.com/v3ctl/v3ctl/internal/worker"
@@ -191,8 +193,64 @@ func workerConfig(a *App) (worker.Config, error) {
 	if err := v.UnmarshalKey("worker.handlers", &specs); err != nil {
 		return cfg, UsageErrorf("invalid worker.handlers in %s: %v", a.ConfigPath, err)
 	}
+	if err := restoreEnvCase(a.ConfigPath, specs); err != nil {
+		return cfg, UsageErrorf("invalid worker.handlers in %s: %v", a.ConfigPath, err)
+	}
 	cfg.Handlers = specs
 	return cfg, nil
+}
+
+// restoreEnvCase puts back the case of the handlers' env names: viper
+// lower-cases every key it reads, and environment variable names are case
+// sensitive (V3_DOCUMENT_ROOT must not reach the handler as
+// v3_document_root). The names are read again from the config file.
+func restoreEnvCase(path string, specs map[string]handlers.Spec) error {
+	hasEnv := false
+	for _, s := range specs {
+		hasEnv = hasEnv || len(s.Env) > 0
+	}
+	if !hasEnv || path == "" {
+		return nil
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil // nothing read from a file: nothing to restore
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		return err
+	}
+	// child finds a key case-insensitively, as viper does.
+	child := func(m map[string]any, key string) map[string]any {
+		for k, v := range m {
+			if strings.EqualFold(k, key) {
+				c, _ := v.(map[string]any)
+				return c
+			}
+		}
+		return nil
+	}
+	hs := child(child(doc, "worker"), "handlers")
+	for jt, s := range specs {
+		env := child(child(hs, jt), "env")
+		if len(s.Env) == 0 || env == nil {
+			continue
+		}
+		fixed := make(map[string]string, len(s.Env))
+		for k, v := range s.Env {
+			fixed[k] = v
+		}
+		for name := range env {
+			lower := strings.ToLower(name)
+			if v, ok := s.Env[lower]; ok && name != lower {
+				delete(fixed, lower)
+				fixed[name] = v
+			}
+		}
+		s.Env = fixed
+		specs[jt] = s
+	}
+	return nil
 }
 
 func newWorkerHandlersCmd(a *App) *cobra.Command {
