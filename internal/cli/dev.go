@@ -174,19 +174,33 @@ carry "simulate" for the example handler (examples/extract-text): the imaging
 report fails its first attempt and is retried, the referral letter is
 corrupt and ends as a dead letter.
 
-Only the dev database (or another throwaway one: the bench and test
-instances, databases named v3ctl_* or bench*) is seeded without --yes.`,
+It seeds the database every command uses (the dev database unless another
+is configured), or the dev instance named with --name. Only the dev database
+(or another throwaway one: the bench and test instances, databases named
+v3ctl_* or bench*) is seeded without --yes.`,
 		Example: `  v3ctl dev seed
   v3ctl dev seed --jobs
   v3ctl dev seed --jobs --dry-run -o json`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			ctx := c.Context()
+			private := false // a named dev instance is private by definition
+			if f := c.Flag("name"); f != nil && f.Changed {
+				st, err := devdb.Status(ctx, devdb.Options{Name: f.Value.String()})
+				if err != nil {
+					return err
+				}
+				if !st.Running {
+					return WithCode(ExitUnavailable, fmt.Errorf("dev instance %s is not running (start it with: v3ctl dev up --name %s)", st.Name, st.Name))
+				}
+				a.flagDatabaseURL = st.URL()
+				private = true
+			}
 			u, err := a.URL(ctx)
 			if err != nil {
 				return err
 			}
-			if ok, why := bench.Throwaway(ctx, u); !ok {
+			if ok, why := bench.Throwaway(ctx, u); !ok && !private {
 				if !a.Yes() {
 					return UsageErrorf("refusing to seed: %s. Seeding adds fictional accounts and documents; use the dev database (v3ctl dev up), a database named v3ctl_* or bench*, or pass --yes", why)
 				}

@@ -114,6 +114,11 @@ func TestDevSeedRefusesOtherDatabases(t *testing.T) {
 	if code != ExitUsage || !strings.Contains(errs, "refusing to seed") || !strings.Contains(errs, "--yes") {
 		t.Fatalf("exit %d stderr %s", code, errs)
 	}
+	// A named dev instance that is not running.
+	code, _, errs = run(t, "dev", "seed", "--name", "no_such_instance_for_seed")
+	if code != ExitUnavailable || !strings.Contains(errs, "not running") {
+		t.Fatalf("--name of a stopped instance: exit %d stderr %s", code, errs)
+	}
 }
 
 // TestDemoBatchRunsToCompletion is what `make demo` does: seed a batch, run

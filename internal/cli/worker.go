@@ -77,7 +77,7 @@ payloads or results.`,
   worker:
     concurrency: 8
     handlers:
-      shell_file_processing: {kind: exec, command: ["./examples/extract-text.sh"], timeout: 60s}
+      shell_file_processing: {kind: exec, command: ["./bin/extract-text"], timeout: 60s, env: {V3_DOCUMENT_ROOT: /srv/documents}}
       ai_processing: {kind: openai, model: gpt-4o-mini, api_key_env: OPENAI_API_KEY, provider: openai, endpoint: gpt-4o-mini}
       notification_delivery: {kind: http, url: "https://example.org/hook", secret_env: WEBHOOK_SECRET}
 

@@ -46,7 +46,7 @@ type Exec struct {
 // NewExec builds an exec handler.
 func NewExec(s Spec) (*Exec, error) {
 	if len(s.Command) == 0 || s.Command[0] == "" {
-		return nil, errors.New("exec handler: command is required, e.g. command: [\"./examples/extract-text.sh\"]")
+		return nil, errors.New("exec handler: command is required, e.g. command: [\"./bin/extract-text\"]")
 	}
 	t := s.Timeout
 	if t <= 0 {
