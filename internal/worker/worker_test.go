@@ -120,9 +120,10 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 type running struct {
-	w      *Worker
-	cancel context.CancelFunc
-	done   chan error
+	w        *Worker
+	cancel   context.CancelFunc
+	done     chan error    // Run's result (received once, by stop or the test)
+	finished chan struct{} // closed when Run has returned
 }
 
 func (r *running) stop(t *testing.T) {
@@ -156,12 +157,12 @@ func (e *env) start(cfg Config, hs map[string]handlers.Handler) *running {
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{w: w, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- w.Run(ctx) }()
+	r := &running{w: w, cancel: cancel, done: make(chan error, 1), finished: make(chan struct{})}
+	go func() { r.done <- w.Run(ctx); close(r.finished) }()
 	e.t.Cleanup(func() {
 		cancel()
 		select {
-		case <-r.done:
+		case <-r.finished:
 		case <-time.After(60 * time.Second):
 		}
 	})
