@@ -16,8 +16,9 @@ TEST_FLAGS ?= -race -timeout 30m
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-build: ## build bin/v3ctl
+build: ## build bin/v3ctl and the example job handler bin/extract-text
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/v3ctl
+	$(GO) build -o bin/extract-text ./examples/extract-text
 
 test: ## run the whole test suite against real PostgreSQL
 	$(GO) test $(TEST_FLAGS) ./...
@@ -35,7 +36,7 @@ lint: ## go vet and a gofmt check
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-demo: build ## the main job: private PostgreSQL, schema, status and flags
+demo: build ## the main job: dev PostgreSQL, schema, demo data, a worker running a batch of jobs, stats
 	@./scripts/demo.sh
 
 completions: build ## regenerate completions/ (bash, zsh, fish, powershell)

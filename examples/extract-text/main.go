@@ -4,6 +4,12 @@
 // prints a JSON result: pages (form-feed separated), words, characters and
 // a checksum. It never prints the document's text.
 //
+// For ai_processing jobs whose payload has "task": "summarize" it stands in
+// for a model, offline: the result is a fake summary built from the same
+// counts (no text, no network), so the demo can run AI jobs without a vendor.
+// Its "usage" member (made-up token counts derived from the word count) is
+// metered by the worker like a model's.
+//
 // Exit codes follow the exec contract: 0 success, 75 retry later, anything
 // else a permanent failure. Payload "simulate" values let the demo show
 // the other outcomes: "flaky" fails the first attempt with 75, "corrupt"
@@ -30,6 +36,7 @@ type job struct {
 type payload struct {
 	StoragePath string `json:"storage_path"`
 	Simulate    string `json:"simulate"`
+	Task        string `json:"task"`
 }
 
 func main() {
@@ -71,11 +78,23 @@ func main() {
 	}
 	text := string(body)
 	sum := sha256.Sum256(body)
+	pages := strings.Count(strings.TrimRight(text, "\f"), "\f") + 1
+	words := len(strings.Fields(text))
 	out := map[string]any{
-		"pages":      strings.Count(strings.TrimRight(text, "\f"), "\f") + 1,
-		"words":      len(strings.Fields(text)),
+		"pages":      pages,
+		"words":      words,
 		"characters": len([]rune(text)),
 		"sha256":     hex.EncodeToString(sum[:]),
+	}
+	if p.Task == "summarize" {
+		prompt, completion := 60+words*4/3, 40
+		out = map[string]any{
+			"summary": fmt.Sprintf("Offline stand-in summary: a %d-page document of %d words (no model was called).", pages, words),
+			"model":   "none (offline example handler)",
+			"sha256":  hex.EncodeToString(sum[:]),
+			"usage": map[string]int{"prompt_tokens": prompt, "completion_tokens": completion,
+				"total_tokens": prompt + completion},
+		}
 	}
 	_ = json.NewEncoder(os.Stdout).Encode(out)
 }

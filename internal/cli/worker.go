@@ -3,11 +3,13 @@ package cli
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
+	"gopkg.in/yaml.v3"
 
 	"github.com/v3ctl/v3ctl/internal/handlers"
 	"github.com/v3ctl/v3ctl/internal/worker"
@@ -39,6 +41,7 @@ var workerFlags = map[string]string{
 	"heartbeat-interval": "worker.heartbeat_interval",
 	"reclaim-interval":   "worker.reclaim_interval",
 	"metrics-addr":       "worker.metrics_addr",
+	"exit-when-idle":     "worker.exit_when_idle",
 	"log-format":         "worker.log_format",
 	"log-level":          "worker.log_level",
 }
@@ -62,6 +65,10 @@ SIGINT/SIGTERM: stop claiming, let running jobs finish within
 --shutdown-grace, then hand the rest back without consuming an attempt. A
 second signal exits at once (reclaim recovers those jobs later).
 
+--exit-when-idle D turns the worker into a batch runner: it exits (status 0)
+once no job has been running and none could be claimed for D. Retries whose
+backoff ends within D are still run; jobs scheduled further ahead stay pending.
+
 Every flag can also be set in the config file (worker.concurrency,
 worker.poll_interval, ...) or the environment (V3CTL_WORKER_CONCURRENCY, ...).
 Logs (stderr) carry job_id, correlation_id, attempt and duration, never
@@ -70,11 +77,12 @@ payloads or results.`,
   worker:
     concurrency: 8
     handlers:
-      shell_file_processing: {kind: exec, command: ["./examples/extract-text.sh"], timeout: 60s}
+      shell_file_processing: {kind: exec, command: ["./bin/extract-text"], timeout: 60s, env: {V3_DOCUMENT_ROOT: /srv/documents}}
       ai_processing: {kind: openai, model: gpt-4o-mini, api_key_env: OPENAI_API_KEY, provider: openai, endpoint: gpt-4o-mini}
       notification_delivery: {kind: http, url: "https://example.org/hook", secret_env: WEBHOOK_SECRET}
 
   v3ctl worker run --metrics-addr :9090 --log-format json
+  v3ctl worker run --exit-when-idle 5s   # drain the queue, then exit
   V3CTL_WORKER_CONCURRENCY=16 v3ctl worker run --types ai_processing`,
 		Args: cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
@@ -107,6 +115,7 @@ payloads or results.`,
 	f.Duration("heartbeat-interval", 0, "lease renewal interval (default: worker.heartbeat_interval_seconds from the database)")
 	f.Duration("reclaim-interval", 30*time.Second, "run reclaim_timed_out_jobs this often (negative: never)")
 	f.String("metrics-addr", "", "serve /metrics, /healthz and /readyz on this address, e.g. :9090")
+	f.Duration("exit-when-idle", 0, "exit once no job has run or been claimable for this long (0: run until stopped)")
 	f.String("log-format", "text", "log format: text or json")
 	f.String("log-level", "info", "log level: debug, info, warn or error")
 	for flag, key := range workerFlags {
@@ -167,6 +176,7 @@ func workerConfig(a *App) (worker.Config, error) {
 		{"shutdown-grace", &cfg.ShutdownGrace, 0},
 		{"heartbeat-interval", &cfg.HeartbeatInterval, 0},
 		{"reclaim-interval", &cfg.ReclaimInterval, -1 << 62},
+		{"exit-when-idle", &cfg.ExitWhenIdle, 0},
 	}
 	for _, d := range durs {
 		*d.dst = v.GetDuration(workerFlags[d.flag])
@@ -183,8 +193,64 @@ func workerConfig(a *App) (worker.Config, error) {
 	if err := v.UnmarshalKey("worker.handlers", &specs); err != nil {
 		return cfg, UsageErrorf("invalid worker.handlers in %s: %v", a.ConfigPath, err)
 	}
+	if err := restoreEnvCase(a.ConfigPath, specs); err != nil {
+		return cfg, UsageErrorf("invalid worker.handlers in %s: %v", a.ConfigPath, err)
+	}
 	cfg.Handlers = specs
 	return cfg, nil
+}
+
+// restoreEnvCase puts back the case of the handlers' env names: viper
+// lower-cases every key it reads, and environment variable names are case
+// sensitive (V3_DOCUMENT_ROOT must not reach the handler as
+// v3_document_root). The names are read again from the config file.
+func restoreEnvCase(path string, specs map[string]handlers.Spec) error {
+	hasEnv := false
+	for _, s := range specs {
+		hasEnv = hasEnv || len(s.Env) > 0
+	}
+	if !hasEnv || path == "" {
+		return nil
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil // nothing read from a file: nothing to restore
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(raw, &doc); err != nil {
+		return err
+	}
+	// child finds a key case-insensitively, as viper does.
+	child := func(m map[string]any, key string) map[string]any {
+		for k, v := range m {
+			if strings.EqualFold(k, key) {
+				c, _ := v.(map[string]any)
+				return c
+			}
+		}
+		return nil
+	}
+	hs := child(child(doc, "worker"), "handlers")
+	for jt, s := range specs {
+		env := child(child(hs, jt), "env")
+		if len(s.Env) == 0 || env == nil {
+			continue
+		}
+		fixed := make(map[string]string, len(s.Env))
+		for k, v := range s.Env {
+			fixed[k] = v
+		}
+		for name := range env {
+			lower := strings.ToLower(name)
+			if v, ok := s.Env[lower]; ok && name != lower {
+				delete(fixed, lower)
+				fixed[name] = v
+			}
+		}
+		s.Env = fixed
+		specs[jt] = s
+	}
+	return nil
 }
 
 func newWorkerHandlersCmd(a *App) *cobra.Command {

@@ -32,6 +32,10 @@ const (
 // {"retry_after_seconds": N} on stdout it is a rate limit: rescheduled
 // without consuming an attempt), anything else is permanent. On timeout or
 // cancellation the whole process group gets SIGTERM, then SIGKILL.
+//
+// A result object with an OpenAI-style "usage" member ({"prompt_tokens",
+// "completion_tokens", "total_tokens"}) reports AI consumption: the worker
+// meters it (track_ai_processing_usage) when it completes the job.
 type Exec struct {
 	Command []string
 	Dir     string
@@ -42,7 +46,7 @@ type Exec struct {
 // NewExec builds an exec handler.
 func NewExec(s Spec) (*Exec, error) {
 	if len(s.Command) == 0 || s.Command[0] == "" {
-		return nil, errors.New("exec handler: command is required, e.g. command: [\"./examples/extract-text.sh\"]")
+		return nil, errors.New("exec handler: command is required, e.g. command: [\"./bin/extract-text\"]")
 	}
 	t := s.Timeout
 	if t <= 0 {
@@ -149,7 +153,30 @@ func (e *Exec) Handle(ctx context.Context, job Job) (Result, error) {
 	if !json.Valid(out) {
 		return Result{}, Permanent(fmt.Errorf("%s: stdout is not valid JSON (%d bytes); print the result as one JSON value", e.Command[0], len(out)))
 	}
-	return Result{Output: json.RawMessage(out)}, nil
+	return Result{Output: json.RawMessage(out), Usage: execUsage(out)}, nil
+}
+
+// execUsage reads the optional "usage" member of an exec result.
+func execUsage(out []byte) *Usage {
+	var r struct {
+		Usage *struct {
+			PromptTokens     int `json:"prompt_tokens"`
+			CompletionTokens int `json:"completion_tokens"`
+			TotalTokens      int `json:"total_tokens"`
+		} `json:"usage"`
+	}
+	if json.Unmarshal(out, &r) != nil || r.Usage == nil {
+		return nil
+	}
+	u := &Usage{PromptTokens: max(r.Usage.PromptTokens, 0), CompletionTokens: max(r.Usage.CompletionTokens, 0),
+		TotalTokens: r.Usage.TotalTokens}
+	if u.TotalTokens <= 0 {
+		u.TotalTokens = u.PromptTokens + u.CompletionTokens
+	}
+	if u.TotalTokens <= 0 {
+		return nil
+	}
+	return u
 }
 
 var errExecTimeout = errors.New("handler timeout")

@@ -146,3 +146,29 @@ func TestExecMissingCommandIsPermanent(t *testing.T) {
 		t.Fatal("empty command accepted")
 	}
 }
+
+func TestExecReportsUsage(t *testing.T) {
+	for _, c := range []struct {
+		out  string
+		want *Usage
+	}{
+		{`{"summary":"x","usage":{"prompt_tokens":120,"completion_tokens":30,"total_tokens":150}}`, &Usage{PromptTokens: 120, CompletionTokens: 30, TotalTokens: 150}},
+		{`{"usage":{"prompt_tokens":5,"completion_tokens":2}}`, &Usage{PromptTokens: 5, CompletionTokens: 2, TotalTokens: 7}},
+		{`{"usage":{"total_tokens":0}}`, nil},
+		{`{"usage":"lots"}`, nil},
+		{`[1,2]`, nil},
+		{`{"pages":2}`, nil},
+	} {
+		h, _ := NewExec(Spec{Command: []string{script(t, "cat >/dev/null; echo '"+c.out+"'")}})
+		res, err := h.Handle(context.Background(), testJob())
+		if err != nil {
+			t.Fatalf("%s: %v", c.out, err)
+		}
+		if (res.Usage == nil) != (c.want == nil) || (c.want != nil && *res.Usage != *c.want) {
+			t.Errorf("%s: usage %+v, want %+v", c.out, res.Usage, c.want)
+		}
+		if string(res.Output) != c.out {
+			t.Errorf("output %s, want %s", res.Output, c.out)
+		}
+	}
+}

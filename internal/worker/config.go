@@ -41,6 +41,11 @@ type Config struct {
 	ReclaimInterval time.Duration
 	// MetricsAddr serves /metrics, /healthz, /readyz ("" disables).
 	MetricsAddr string
+	// ExitWhenIdle, when positive, stops the worker (Run returns nil) once
+	// no job has been running and none could be claimed for this long: a
+	// batch runner that drains the queue and exits. Jobs scheduled further
+	// ahead than that (a long retry backoff, a delayed job) stay pending.
+	ExitWhenIdle time.Duration
 	// Handlers per job type.
 	Handlers map[string]handlers.Spec
 	// DisableBuiltins turns off the system_maintenance and audit_cleanup

@@ -76,10 +76,13 @@ type Worker struct {
 	draining     atomic.Bool
 	maintenance  atomic.Bool
 	dbDownSince  atomic.Int64 // unix nanos; 0 when the database answers
-	listening    atomic.Bool
-	hasUsageFunc bool
-	metricsAddr  string
-	ready        chan struct{}
+	lastActivity atomic.Int64 // unix nanos of the last job start or finish (ExitWhenIdle)
+	// Outcomes recorded by this worker, for the final log line.
+	nCompleted, nRetrying, nFailed atomic.Int64
+	listening                      atomic.Bool
+	hasUsageFunc                   bool
+	metricsAddr                    string
+	ready                          chan struct{}
 }
 
 // New checks the configuration and builds the handlers. pool may be nil
@@ -173,23 +176,33 @@ func (w *Worker) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	w.hasUsageFunc = w.functionExists(ctx, "public.track_ai_processing_usage(uuid,uuid,integer,integer)")
+	w.hasUsageFunc = w.functionExists(ctx, "public.track_ai_processing_usage(uuid,uuid,integer,integer,timestamptz)")
 	w.log.Info("worker started", slog.Int("concurrency", w.cfg.Concurrency), slog.Any("types", w.types),
 		slog.Any("lanes", w.cfg.Lanes), slog.Duration("heartbeat", w.heartbeat),
 		slog.Duration("poll_interval", w.cfg.PollInterval), slog.Duration("shutdown_grace", w.cfg.ShutdownGrace))
+	if w.cfg.ExitWhenIdle > 0 {
+		w.log.Info("will exit once the queue is drained", slog.Duration("exit_when_idle", w.cfg.ExitWhenIdle))
+	}
 
+	// loopCtx ends on a stop signal or when claimLoop returns by itself
+	// (ExitWhenIdle); the LISTEN connection follows it.
+	loopCtx, loopStop := context.WithCancel(ctx)
+	defer loopStop()
 	hbCtx, hbStop := context.WithCancel(w.bg)
 	var aux sync.WaitGroup
 	aux.Add(2)
-	go func() { defer aux.Done(); w.listen(ctx) }()
+	go func() { defer aux.Done(); w.listen(loopCtx) }()
 	go func() { defer aux.Done(); w.heartbeatLoop(hbCtx) }()
 	go w.completer(w.bg)
 
-	w.claimLoop(ctx)
+	w.lastActivity.Store(time.Now().UnixNano())
+	w.claimLoop(loopCtx)
+	loopStop()
 	w.drain()
 	hbStop()
 	aux.Wait()
-	w.log.Info("worker stopped")
+	w.log.Info("worker stopped", slog.Int64("completed", w.nCompleted.Load()),
+		slog.Int64("failed_will_retry", w.nRetrying.Load()), slog.Int64("failed_final", w.nFailed.Load()))
 	return nil
 }
 
@@ -275,8 +288,18 @@ func (w *Worker) claimLoop(ctx context.Context) {
 				saturated = true
 			}
 		}
+		wait := w.cfg.PollInterval
+		if w.cfg.ExitWhenIdle > 0 && w.inFlight() == 0 {
+			idle := time.Since(time.Unix(0, w.lastActivity.Load()))
+			if idle >= w.cfg.ExitWhenIdle {
+				w.log.Info("queue drained: no job to run; exiting", slog.Duration("idle", idle.Round(time.Millisecond)))
+				return
+			}
+			wait = min(wait, w.cfg.ExitWhenIdle-idle)
+		}
 		var slot chan struct{}
-		if saturated {
+		if saturated || w.cfg.ExitWhenIdle > 0 {
+			// ExitWhenIdle: a finished job starts the idle clock.
 			slot = w.slotFree
 		}
 		if !timer.Stop() {
@@ -285,7 +308,7 @@ func (w *Worker) claimLoop(ctx context.Context) {
 			default:
 			}
 		}
-		timer.Reset(w.cfg.PollInterval)
+		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
 		case <-w.wake:
@@ -369,6 +392,7 @@ func (w *Worker) start(j claimedJob) {
 	w.mu.Lock()
 	w.running[j.Job.ID] = t
 	w.mu.Unlock()
+	w.lastActivity.Store(time.Now().UnixNano())
 	w.m.Claimed.WithLabelValues(j.Job.Type).Inc()
 	w.m.InFlight.Inc()
 	t.log.Info("job claimed")
@@ -383,6 +407,7 @@ func (w *Worker) run(ctx context.Context, t *task) {
 		w.mu.Lock()
 		delete(w.running, t.job.ID)
 		w.mu.Unlock()
+		w.lastActivity.Store(time.Now().UnixNano())
 		w.m.InFlight.Dec()
 		signal(w.slotFree)
 		w.wg.Done()
@@ -482,6 +507,7 @@ func (w *Worker) complete(t *task, lg *slog.Logger, res handlers.Result, dur tim
 		return
 	}
 	w.m.Completed.WithLabelValues(t.job.Type).Inc()
+	w.nCompleted.Add(1)
 	w.m.Duration.WithLabelValues(t.job.Type, "success").Observe(dur.Seconds())
 	attrs := []any{}
 	if res.Usage != nil && res.Usage.TotalTokens > 0 {
@@ -511,8 +537,10 @@ func (w *Worker) fail(t *task, lg *slog.Logger, herr error, retryable bool, reas
 		attrs = append(attrs, slog.Time("next_attempt_at", *fr.NextAttemptAt))
 	}
 	if fr.Status == "dead_letter" || !retryable {
+		w.nFailed.Add(1)
 		lg.Error("job failed", attrs...)
 	} else {
+		w.nRetrying.Add(1)
 		lg.Warn("job failed; will retry", attrs...)
 	}
 }

