@@ -205,14 +205,9 @@ func currentServerUser() (serverUser, error) {
 func (su serverUser) cmd(ctx context.Context, name string, args ...string) *exec.Cmd {
 	c := exec.CommandContext(ctx, name, args...)
 	if su.root {
-		c.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(su.uid), Gid: uint32(su.gid)}}
 		c.Env = append(os.Environ(), "HOME=/tmp", "USER="+su.name, "LOGNAME="+su.name)
 	}
-	// The server must not die with this process group (Ctrl-C in a shell).
-	if c.SysProcAttr == nil {
-		c.SysProcAttr = &syscall.SysProcAttr{}
-	}
-	c.SysProcAttr.Setpgid = true
+	setServerProcAttrs(c, su)
 	return c
 }
 
@@ -260,11 +255,11 @@ func lock(dir string) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+	if err := lockFile(f); err != nil {
 		f.Close()
 		return nil, err
 	}
-	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+	return func() { unlockFile(f); f.Close() }, nil
 }
 
 // Status reports the instance's state without changing anything. A missing
