@@ -53,4 +53,4 @@ docs: build ## regenerate docs/reference (command reference from the cobra tree)
 GORELEASER ?= $(shell command -v goreleaser 2>/dev/null || echo $$($(GO) env GOPATH)/bin/goreleaser)
 
 release-snapshot: ## build all archives offline with goreleaser (dist/); install: go install github.com/goreleaser/goreleaser/v2@v2.15.1
-	$(GORELEASER) release --snapshot --clean --skip=publish
+	V3CTL_COMMIT=$(COMMIT) $(GORELEASER) release --snapshot --clean --skip=publish
