@@ -702,7 +702,7 @@ func checkCapacityLeases(ctx context.Context, q db.DB, _ *Options) ([]Finding, e
 		}
 		return []Finding{{Severity: Warn,
 			Message: fmt.Sprintf("%s of vendor capacity held past the lease%s", plural(n, "hold is", "holds are"), age),
-			Hint:    "they are swept on the next acquire for that provider; if they persist, check for workers that die without releasing (v3ctl limits status)"}}, nil
+			Hint:    "they are swept on the next acquire for that provider; if they persist, check for workers that die without releasing (v3ctl limits list)"}}, nil
 	}
 	return []Finding{{Severity: OK, Message: "no capacity held past its lease"}}, nil
 }

@@ -401,7 +401,15 @@ func (o *OpenAI) observe(resp *http.Response) {
 // rateLimitDelay picks the delay for a 429: retry-after, else the reset of
 // the exhausted x-ratelimit budget (the longest when unsure), else the
 // configured default.
+// A 429 always pauses at least minRateLimitDelay: "Retry-After: 0" or a
+// reset already past would otherwise send every worker straight back.
+const minRateLimitDelay = time.Second
+
 func (o *OpenAI) rateLimitDelay(resp *http.Response) time.Duration {
+	return max(o.rateLimitDelayRaw(resp), minRateLimitDelay)
+}
+
+func (o *OpenAI) rateLimitDelayRaw(resp *http.Response) time.Duration {
 	if d, ok := RetryAfter(resp.Header, o.Now()); ok {
 		return d
 	}

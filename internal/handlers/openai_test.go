@@ -210,6 +210,24 @@ func TestOpenAI429ResetHeaders(t *testing.T) {
 	}
 }
 
+// A 429 saying "retry now" (Retry-After: 0) still pauses a second, so the
+// pause can be shared and jobs do not bounce straight back.
+func TestOpenAI429RetryAfterZeroPausesASecond(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Retry-After", "0")
+		w.WriteHeader(429)
+	}))
+	defer srv.Close()
+	o, err := NewOpenAI(Spec{BaseURL: srv.URL, Model: "m"}, Deps{Getenv: func(string) string { return "k" }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = o.Handle(context.Background(), aiJob())
+	if k, d := Classify(err); k != KindRateLimited || d != time.Second {
+		t.Fatalf("kind %v delay %v", k, d)
+	}
+}
+
 func TestOpenAIRemainingZeroBlocksNextCall(t *testing.T) {
 	f := &fakeOpenAI{headers: map[string]string{"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "10m0s"}}
 	o := newTestOpenAI(t, f, nil, func(s *Spec) { s.CapacityWait = time.Second })
