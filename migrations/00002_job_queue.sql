@@ -469,7 +469,6 @@ CREATE FUNCTION public.claim_jobs_v3(
   AS $$
 #variable_conflict use_column
 DECLARE
-  r public.job_queue;
   v_keys text[];
   v_bad text;
 BEGIN
@@ -498,7 +497,7 @@ BEGIN
   END IF;
 
   IF p_job_types IS NULL AND p_job_lanes IS NULL THEN
-    FOR r IN
+    RETURN QUERY
       WITH cand AS (
         SELECT c.id FROM public.job_queue c
         WHERE c.status = 'pending' AND c.scheduled_at <= pg_catalog.now()
@@ -511,19 +510,21 @@ BEGIN
             started_at = pg_catalog.now(), heartbeat_at = pg_catalog.now(), updated_at = pg_catalog.now()
         FROM cand WHERE q.id = cand.id
         RETURNING q.*
+      ), aud AS (
+        -- One CLAIM audit row per job, written set-based (the same row
+        -- job_queue_audit writes; the worker id is the actor).
+        INSERT INTO public.audit_log (table_name, record_id, operation, old_values, new_values,
+                                      changed_by, compliance_category, patient_id, correlation_id, job_id)
+        SELECT 'job_queue', u.id::text, 'CLAIM', '{"status": "pending"}'::jsonb,
+               pg_catalog.jsonb_build_object('status', u.status, 'job_type', u.job_type, 'job_lane', u.job_lane,
+                 'retry_count', u.retry_count, 'worker_id', u.worker_id, 'attempt', u.retry_count + 1),
+               p_worker_id, 'job_processing', u.patient_id, u.correlation_id, u.id
+        FROM upd u
       )
-      SELECT * FROM upd u ORDER BY u.priority, u.scheduled_at, u.created_at
-    LOOP
-      PERFORM public.job_queue_audit(r, 'CLAIM', 'pending',
-        pg_catalog.jsonb_build_object('attempt', r.retry_count + 1), NULL, p_worker_id);
-      id := r.id; job_type := r.job_type; job_lane := r.job_lane; job_name := r.job_name;
-      job_payload := r.job_payload; job_category := r.job_category; priority := r.priority;
-      attempt := r.retry_count + 1; retry_count := r.retry_count; max_retries := r.max_retries;
-      lease_token := r.lease_token; correlation_id := r.correlation_id; patient_id := r.patient_id;
-      shell_file_id := r.shell_file_id; scheduled_at := r.scheduled_at; started_at := r.started_at;
-      created_at := r.created_at;
-      RETURN NEXT;
-    END LOOP;
+      SELECT u.id, u.job_type, u.job_lane, u.job_name, u.job_payload, u.job_category, u.priority,
+             u.retry_count + 1, u.retry_count, u.max_retries, u.lease_token, u.correlation_id,
+             u.patient_id, u.shell_file_id, u.scheduled_at, u.started_at, u.created_at
+      FROM upd u ORDER BY u.priority, u.scheduled_at, u.created_at;
     RETURN;
   END IF;
 
@@ -540,7 +541,7 @@ BEGIN
   IF v_keys IS NULL THEN
     RETURN;
   END IF;
-  FOR r IN
+  RETURN QUERY
     WITH cand AS (
       -- Per key, the best p_limit rows (locked; those not taken are unlocked
       -- at commit and stay pending), then the best p_limit overall.
@@ -561,19 +562,21 @@ BEGIN
           started_at = pg_catalog.now(), heartbeat_at = pg_catalog.now(), updated_at = pg_catalog.now()
       FROM cand WHERE q.id = cand.id
       RETURNING q.*
+    ), aud AS (
+      -- One CLAIM audit row per job, written set-based (the same row
+      -- job_queue_audit writes; the worker id is the actor).
+      INSERT INTO public.audit_log (table_name, record_id, operation, old_values, new_values,
+                                    changed_by, compliance_category, patient_id, correlation_id, job_id)
+      SELECT 'job_queue', u.id::text, 'CLAIM', '{"status": "pending"}'::jsonb,
+             pg_catalog.jsonb_build_object('status', u.status, 'job_type', u.job_type, 'job_lane', u.job_lane,
+               'retry_count', u.retry_count, 'worker_id', u.worker_id, 'attempt', u.retry_count + 1),
+             p_worker_id, 'job_processing', u.patient_id, u.correlation_id, u.id
+      FROM upd u
     )
-    SELECT * FROM upd u ORDER BY u.priority, u.scheduled_at, u.created_at
-  LOOP
-    PERFORM public.job_queue_audit(r, 'CLAIM', 'pending',
-      pg_catalog.jsonb_build_object('attempt', r.retry_count + 1), NULL, p_worker_id);
-    id := r.id; job_type := r.job_type; job_lane := r.job_lane; job_name := r.job_name;
-    job_payload := r.job_payload; job_category := r.job_category; priority := r.priority;
-    attempt := r.retry_count + 1; retry_count := r.retry_count; max_retries := r.max_retries;
-    lease_token := r.lease_token; correlation_id := r.correlation_id; patient_id := r.patient_id;
-    shell_file_id := r.shell_file_id; scheduled_at := r.scheduled_at; started_at := r.started_at;
-    created_at := r.created_at;
-    RETURN NEXT;
-  END LOOP;
+    SELECT u.id, u.job_type, u.job_lane, u.job_name, u.job_payload, u.job_category, u.priority,
+           u.retry_count + 1, u.retry_count, u.max_retries, u.lease_token, u.correlation_id,
+           u.patient_id, u.shell_file_id, u.scheduled_at, u.started_at, u.created_at
+    FROM upd u ORDER BY u.priority, u.scheduled_at, u.created_at;
 END
 $$;
 -- +goose StatementEnd

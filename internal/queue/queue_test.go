@@ -106,6 +106,15 @@ func TestLifecycleCompleteMovesToArchive(t *testing.T) {
 	if ops != 3 {
 		t.Fatalf("audit rows: %d, want 3", ops)
 	}
+	// The claim's audit row names the worker, the attempt and the old status.
+	var by, attempt, worker, old string
+	if err := pool.QueryRow(ctx, `SELECT changed_by, new_values->>'attempt', new_values->>'worker_id', old_values->>'status'
+		FROM audit_log WHERE job_id = $1 AND operation = 'CLAIM'`, e.JobID).Scan(&by, &attempt, &worker, &old); err != nil {
+		t.Fatal(err)
+	}
+	if by != "w1" || attempt != "1" || worker != "w1" || old != "pending" {
+		t.Fatalf("CLAIM audit row: changed_by %q attempt %q worker %q old status %q", by, attempt, worker, old)
+	}
 }
 
 func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {

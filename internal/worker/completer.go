@@ -16,6 +16,11 @@ import (
 
 const maxCompleteBatch = 64
 
+// completers is how many batches may commit at once: while one waits for
+// its WAL flush the next gathers, so commits overlap as they do when each
+// job commits alone.
+func completers(concurrency int) int { return min(max(concurrency/4, 1), 4) }
+
 type completion struct {
 	t    *task
 	res  handlers.Result

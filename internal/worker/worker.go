@@ -193,7 +193,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	aux.Add(2)
 	go func() { defer aux.Done(); w.listen(loopCtx) }()
 	go func() { defer aux.Done(); w.heartbeatLoop(hbCtx) }()
-	go w.completer(w.bg)
+	for i := 0; i < completers(w.cfg.Concurrency); i++ {
+		go w.completer(w.bg)
+	}
 
 	w.lastActivity.Store(time.Now().UnixNano())
 	w.claimLoop(loopCtx)
