@@ -87,7 +87,7 @@ func Usage(ctx context.Context, pool *pgxpool.Pool, o UsageOptions) (UsageResult
 		return UsageResult{}, err
 	}
 	var before int64
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM public.usage_events WHERE profile_id = ANY ($1::uuid[])`, profiles).Scan(&before); err != nil {
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM public.usage_events WHERE profile_id = ANY ($1::uuid[]) AND event_type = 'ai_processing_completed'`, profiles).Scan(&before); err != nil {
 		return UsageResult{}, err
 	}
 	var next atomic.Int64
@@ -117,9 +117,11 @@ func Usage(ctx context.Context, pool *pgxpool.Pool, o UsageOptions) (UsageResult
 	elapsed := time.Since(start)
 	res := UsageResult{Rate: NewRate(o.Events, elapsed, o.Workers), Calls: 2 * o.Events}
 	var after int64
-	if err := pool.QueryRow(ctx, `SELECT count(*) FROM public.usage_events WHERE profile_id = ANY ($1::uuid[])`, profiles).Scan(&after); err != nil {
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM public.usage_events WHERE profile_id = ANY ($1::uuid[]) AND event_type = 'ai_processing_completed'`, profiles).Scan(&after); err != nil {
 		return res, err
 	}
+	// limit_hit events (80 % and 100 % of the plan's tokens, once per
+	// period) are not what is measured: only the tracked jobs count.
 	res.Recorded = after - before
 	if res.Recorded != int64(o.Events) {
 		return res, fmt.Errorf("usage: %d events sent (each twice) but %d rows recorded: idempotency broken", o.Events, res.Recorded)
