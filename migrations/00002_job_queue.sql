@@ -469,6 +469,7 @@ CREATE FUNCTION public.claim_jobs_v3(
   AS $$
 #variable_conflict use_column
 DECLARE
+  v_ids uuid[];
   v_keys text[];
   v_bad text;
 BEGIN
@@ -497,54 +498,30 @@ BEGIN
   END IF;
 
   IF p_job_types IS NULL AND p_job_lanes IS NULL THEN
-    RETURN QUERY
-      WITH cand AS (
-        SELECT c.id FROM public.job_queue c
-        WHERE c.status = 'pending' AND c.scheduled_at <= pg_catalog.now()
-        ORDER BY c.priority, c.scheduled_at, c.created_at
-        LIMIT p_limit
-        FOR UPDATE SKIP LOCKED
-      ), upd AS (
-        UPDATE public.job_queue q
-        SET status = 'processing', worker_id = p_worker_id, lease_token = pg_catalog.gen_random_uuid(),
-            started_at = pg_catalog.now(), heartbeat_at = pg_catalog.now(), updated_at = pg_catalog.now()
-        FROM cand WHERE q.id = cand.id
-        RETURNING q.*
-      ), aud AS (
-        -- One CLAIM audit row per job, written set-based (the same row
-        -- job_queue_audit writes; the worker id is the actor).
-        INSERT INTO public.audit_log (table_name, record_id, operation, old_values, new_values,
-                                      changed_by, compliance_category, patient_id, correlation_id, job_id)
-        SELECT 'job_queue', u.id::text, 'CLAIM', '{"status": "pending"}'::jsonb,
-               pg_catalog.jsonb_build_object('status', u.status, 'job_type', u.job_type, 'job_lane', u.job_lane,
-                 'retry_count', u.retry_count, 'worker_id', u.worker_id, 'attempt', u.retry_count + 1),
-               p_worker_id, 'job_processing', u.patient_id, u.correlation_id, u.id
-        FROM upd u
-      )
-      SELECT u.id, u.job_type, u.job_lane, u.job_name, u.job_payload, u.job_category, u.priority,
-             u.retry_count + 1, u.retry_count, u.max_retries, u.lease_token, u.correlation_id,
-             u.patient_id, u.shell_file_id, u.scheduled_at, u.started_at, u.created_at
-      FROM upd u ORDER BY u.priority, u.scheduled_at, u.created_at;
-    RETURN;
-  END IF;
-
-  -- Queue keys matching the filters: the lanes of laned types, the names of
-  -- lane-less types (only when no lane filter is given).
-  SELECT pg_catalog.array_agg(DISTINCT k.key) INTO v_keys
-  FROM pg_catalog.unnest(coalesce(p_job_types, public.job_queue_types())) t(jt)
-  CROSS JOIN LATERAL (
-    SELECT ln AS key FROM pg_catalog.unnest(public.job_queue_valid_lanes(t.jt)) ln
-    UNION ALL
-    SELECT t.jt WHERE pg_catalog.cardinality(public.job_queue_valid_lanes(t.jt)) = 0
-  ) k
-  WHERE p_job_lanes IS NULL OR k.key = ANY (p_job_lanes);
-  IF v_keys IS NULL THEN
-    RETURN;
-  END IF;
-  RETURN QUERY
-    WITH cand AS (
-      -- Per key, the best p_limit rows (locked; those not taken are unlocked
-      -- at commit and stay pending), then the best p_limit overall.
+    SELECT pg_catalog.array_agg(c.id) INTO v_ids FROM (
+      SELECT c.id FROM public.job_queue c
+      WHERE c.status = 'pending' AND c.scheduled_at <= pg_catalog.now()
+      ORDER BY c.priority, c.scheduled_at, c.created_at
+      LIMIT p_limit
+      FOR UPDATE SKIP LOCKED
+    ) c;
+  ELSE
+    -- Queue keys matching the filters: the lanes of laned types, the names
+    -- of lane-less types (only when no lane filter is given).
+    SELECT pg_catalog.array_agg(DISTINCT k.key) INTO v_keys
+    FROM pg_catalog.unnest(coalesce(p_job_types, public.job_queue_types())) t(jt)
+    CROSS JOIN LATERAL (
+      SELECT ln AS key FROM pg_catalog.unnest(public.job_queue_valid_lanes(t.jt)) ln
+      UNION ALL
+      SELECT t.jt WHERE pg_catalog.cardinality(public.job_queue_valid_lanes(t.jt)) = 0
+    ) k
+    WHERE p_job_lanes IS NULL OR k.key = ANY (p_job_lanes);
+    IF v_keys IS NULL THEN
+      RETURN;
+    END IF;
+    -- Per key, the best p_limit rows (locked; those not taken are unlocked
+    -- at commit and stay pending), then the best p_limit overall.
+    SELECT pg_catalog.array_agg(x.id) INTO v_ids FROM (
       SELECT x.id FROM pg_catalog.unnest(v_keys) k(key)
       CROSS JOIN LATERAL (
         SELECT c.id, c.priority, c.scheduled_at, c.created_at FROM public.job_queue c
@@ -556,15 +533,22 @@ BEGIN
       ) x
       ORDER BY x.priority, x.scheduled_at, x.created_at
       LIMIT p_limit
-    ), upd AS (
+    ) x;
+  END IF;
+  IF v_ids IS NULL THEN
+    RETURN;
+  END IF;
+
+  -- The chosen rows are locked: take them, with one CLAIM audit row per job
+  -- written set-based (the row job_queue_audit writes; the worker is the actor).
+  RETURN QUERY
+    WITH upd AS (
       UPDATE public.job_queue q
       SET status = 'processing', worker_id = p_worker_id, lease_token = pg_catalog.gen_random_uuid(),
           started_at = pg_catalog.now(), heartbeat_at = pg_catalog.now(), updated_at = pg_catalog.now()
-      FROM cand WHERE q.id = cand.id
+      WHERE q.id = ANY (v_ids)
       RETURNING q.*
     ), aud AS (
-      -- One CLAIM audit row per job, written set-based (the same row
-      -- job_queue_audit writes; the worker id is the actor).
       INSERT INTO public.audit_log (table_name, record_id, operation, old_values, new_values,
                                     changed_by, compliance_category, patient_id, correlation_id, job_id)
       SELECT 'job_queue', u.id::text, 'CLAIM', '{"status": "pending"}'::jsonb,
