@@ -155,6 +155,7 @@ type Spec struct {
 	EstimatedTokens int     `mapstructure:"estimated_tokens" json:"estimated_tokens,omitempty" yaml:"estimated_tokens,omitempty"`
 	// CapacityWait is how long the handler waits in-process for vendor
 	// capacity before handing the job back (rescheduled, no attempt used).
+	// Unset: the database's ratelimit.max_wait_seconds (30 s without one).
 	CapacityWait time.Duration `mapstructure:"capacity_wait" json:"capacity_wait,omitempty" yaml:"capacity_wait,omitempty"`
 
 	// RateLimitDelay is used when a 429 carries no retry-after (http, openai).

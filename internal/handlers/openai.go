@@ -36,6 +36,13 @@ type Capacity interface {
 	Release(ctx context.Context, hold string, actualTokens int) error
 }
 
+// WaitPolicy is optionally implemented by a Capacity that knows how long a
+// refused call may wait (ratelimit.max_wait_seconds) when the handler has no
+// capacity_wait of its own.
+type WaitPolicy interface {
+	MaxWait(ctx context.Context) (time.Duration, bool)
+}
+
 // RateLimitReporter is optionally implemented by a Capacity that shares a
 // vendor's 429 with every worker (report_api_rate_limited).
 type RateLimitReporter interface {
@@ -111,9 +118,6 @@ func NewOpenAI(s Spec, d Deps) (*OpenAI, error) {
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = defaultOpenAITimeout
-	}
-	if o.CapacityWait <= 0 {
-		o.CapacityWait = defaultCapacityWait
 	}
 	if o.RateLimitDelay <= 0 {
 		o.RateLimitDelay = defaultRateLimitDelay
@@ -199,8 +203,23 @@ func (o *OpenAI) buildRequest(job Job) (chatRequest, int, error) {
 	return req, est, nil
 }
 
+// waitBudget is how long a call may wait for capacity: the handler's
+// capacity_wait, else the Capacity's WaitPolicy (the database's
+// ratelimit.max_wait_seconds; 0 = hand the job back at once), else 30 s.
+func (o *OpenAI) waitBudget(ctx context.Context) time.Duration {
+	if o.CapacityWait > 0 {
+		return o.CapacityWait
+	}
+	if p, ok := o.Capacity.(WaitPolicy); ok {
+		if d, ok := p.MaxWait(ctx); ok {
+			return d
+		}
+	}
+	return defaultCapacityWait
+}
+
 // gate waits until the vendor's last rate-limit signal has expired, or
-// hands the job back when that is further away than CapacityWait.
+// hands the job back when that is further away than the wait budget.
 func (o *OpenAI) gate(ctx context.Context) error {
 	o.mu.Lock()
 	until := o.blockedUntil
@@ -209,7 +228,7 @@ func (o *OpenAI) gate(ctx context.Context) error {
 	if wait <= 0 {
 		return nil
 	}
-	if wait > o.CapacityWait {
+	if wait > o.waitBudget(ctx) {
 		return RateLimited(wait, fmt.Errorf("%s/%s is rate limited for another %s", o.Provider, o.Endpoint, wait.Round(time.Millisecond)))
 	}
 	if o.OnCapacityWait != nil {
@@ -233,12 +252,13 @@ func (o *OpenAI) block(d time.Duration) {
 	o.mu.Unlock()
 }
 
-// acquire waits up to CapacityWait for vendor capacity.
+// acquire waits up to the wait budget for vendor capacity.
 func (o *OpenAI) acquire(ctx context.Context, cr CapacityRequest) (string, error) {
 	if o.Capacity == nil {
 		return "", nil
 	}
-	deadline := o.Now().Add(o.CapacityWait)
+	budget := o.waitBudget(ctx)
+	deadline := o.Now().Add(budget)
 	backoff := 50 * time.Millisecond
 	for {
 		hold, ra, err := o.Capacity.Acquire(ctx, cr)
@@ -260,7 +280,7 @@ func (o *OpenAI) acquire(ctx context.Context, cr CapacityRequest) (string, error
 			if wait < time.Second {
 				wait = time.Second
 			}
-			return "", RateLimited(wait, fmt.Errorf("no %s/%s capacity within %s", cr.Provider, cr.Endpoint, o.CapacityWait))
+			return "", RateLimited(wait, fmt.Errorf("no %s/%s capacity within %s", cr.Provider, cr.Endpoint, budget))
 		}
 		if o.OnCapacityWait != nil {
 			o.OnCapacityWait(cr.Provider, cr.Endpoint)

@@ -278,3 +278,45 @@ func TestOpenAI429Storm(t *testing.T) {
 		t.Fatalf("capacity leaked: free %d acquired %d released %d", capy.free, capy.acquired, len(capy.released))
 	}
 }
+
+// policyCapacity is a fakeCapacity with a database wait policy.
+type policyCapacity struct {
+	fakeCapacity
+	wait time.Duration
+}
+
+func (c *policyCapacity) MaxWait(context.Context) (time.Duration, bool) { return c.wait, true }
+
+// Without capacity_wait the handler waits as long as the Capacity's policy
+// (ratelimit.max_wait_seconds) allows; 0 hands the job back at once, and a
+// configured capacity_wait wins over the policy.
+func TestOpenAICapacityWaitPolicy(t *testing.T) {
+	f := &fakeOpenAI{}
+	capy := &policyCapacity{wait: 0}
+	o := newTestOpenAI(t, f, capy, nil)
+	_, err := o.Handle(context.Background(), aiJob())
+	if k, _ := Classify(err); k != KindRateLimited || capy.denied != 1 || f.calls.Load() != 0 {
+		t.Fatalf("policy 0: kind %v denied %d calls %d err %v", k, capy.denied, f.calls.Load(), err)
+	}
+	// A policy of 1 s: the refusals (retry after 20 ms) are waited out until
+	// capacity frees up.
+	capy.wait = time.Second
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		capy.mu.Lock()
+		capy.free = 1
+		capy.mu.Unlock()
+	}()
+	if _, err := o.Handle(context.Background(), aiJob()); err != nil {
+		t.Fatalf("policy 1s: %v", err)
+	}
+	if capy.denied < 2 || f.calls.Load() != 1 {
+		t.Fatalf("policy 1s: denied %d calls %d", capy.denied, f.calls.Load())
+	}
+	// capacity_wait configured: the policy is not asked.
+	capy2 := &policyCapacity{wait: time.Hour}
+	o2 := newTestOpenAI(t, f, capy2, func(s *Spec) { s.CapacityWait = 30 * time.Millisecond })
+	if _, err := o2.Handle(context.Background(), aiJob()); err == nil {
+		t.Fatal("capacity_wait 30ms: want a rate-limited hand-back, got success")
+	}
+}

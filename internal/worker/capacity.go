@@ -12,6 +12,7 @@ import (
 
 	"github.com/v3ctl/v3ctl/internal/db"
 	"github.com/v3ctl/v3ctl/internal/handlers"
+	"github.com/v3ctl/v3ctl/internal/sysconfig"
 )
 
 // sqlCapacity is the openai handler's vendor capacity gate, backed by the
@@ -23,33 +24,61 @@ import (
 // acquire_api_capacity/release_api_capacity; without either, calls are not
 // gated (and the worker logs it once).
 type sqlCapacity struct {
-	w    *Worker
-	once sync.Once
-	mode string // v2 | legacy | none
-	rep  bool
+	w        *Worker
+	mu       sync.Mutex
+	detected bool
+	mode     string // v2 | legacy | none
+	rep      bool
+
+	waitMu   sync.Mutex
+	wait     time.Duration // ratelimit.max_wait_seconds, cached
+	waitRead time.Time
 }
 
 func (c *sqlCapacity) detect(ctx context.Context) {
-	c.once.Do(func() {
-		c.mode = "none"
-		var v2, legacy, rep bool
-		err := c.w.retryDB(ctx, "read schema", func(cc context.Context) error {
-			return c.w.pool.QueryRow(cc, `SELECT
-				to_regprocedure('public.acquire_api_capacity_v2(text,text,integer,uuid,uuid,integer)') IS NOT NULL,
-				to_regprocedure('public.acquire_api_capacity(text,text,integer)') IS NOT NULL,
-				to_regprocedure('public.report_api_rate_limited(text,text,numeric)') IS NOT NULL`).Scan(&v2, &legacy, &rep)
-		})
-		switch {
-		case err != nil:
-			c.once = sync.Once{} // try again next time
-		case v2:
-			c.mode, c.rep = "v2", rep
-		case legacy:
-			c.mode = "legacy"
-		default:
-			c.w.log.Warn("no vendor capacity functions in the schema (migration 00003): AI calls are not rate limited by the database")
-		}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.detected {
+		return
+	}
+	var v2, legacy, rep bool
+	err := c.w.retryDB(ctx, "read schema", func(cc context.Context) error {
+		return c.w.pool.QueryRow(cc, `SELECT
+			to_regprocedure('public.acquire_api_capacity_v2(text,text,integer,uuid,uuid,integer)') IS NOT NULL,
+			to_regprocedure('public.acquire_api_capacity(text,text,integer)') IS NOT NULL,
+			to_regprocedure('public.report_api_rate_limited(text,text,numeric)') IS NOT NULL`).Scan(&v2, &legacy, &rep)
 	})
+	if err != nil {
+		c.mode = "none" // not known yet: ungated this once, asked again next call
+		return
+	}
+	c.detected = true
+	switch {
+	case v2:
+		c.mode, c.rep = "v2", rep
+	case legacy:
+		c.mode, c.rep = "legacy", false
+	default:
+		c.mode = "none"
+		c.w.log.Warn("no vendor capacity functions in the schema (migration 00003): AI calls are not rate limited by the database")
+	}
+}
+
+// MaxWait is ratelimit.max_wait_seconds (read at most once a minute): how
+// long a handler without its own capacity_wait waits for vendor capacity
+// before it hands the job back.
+func (c *sqlCapacity) MaxWait(ctx context.Context) (time.Duration, bool) {
+	c.waitMu.Lock()
+	defer c.waitMu.Unlock()
+	if !c.waitRead.IsZero() && time.Since(c.waitRead) < time.Minute {
+		return c.wait, true
+	}
+	n, err := sysconfig.Int(ctx, c.w.pool, "ratelimit.max_wait_seconds", -1)
+	if err != nil || n < 0 {
+		return c.wait, !c.waitRead.IsZero()
+	}
+	c.wait, c.waitRead = time.Duration(n)*time.Second, time.Now()
+	return c.wait, true
 }
 
 func (c *sqlCapacity) Acquire(ctx context.Context, r handlers.CapacityRequest) (string, time.Duration, error) {
