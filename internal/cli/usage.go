@@ -113,7 +113,7 @@ refused (SQLSTATE V3L01); otherwise usage is recorded and flagged over the limit
   v3ctl usage verify || v3ctl usage rebuild`,
 	}
 	cmd.AddCommand(newUsageShowCmd(a), newUsageReportCmd(a), newUsageEventsCmd(a), newUsageSetPlanCmd(a),
-		newUsageRebuildCmd(a), newUsageVerifyCmd(a))
+		newUsagePlanHistoryCmd(a), newUsageRebuildCmd(a), newUsageVerifyCmd(a))
 	return cmd
 }
 
@@ -490,6 +490,40 @@ Retired plans cannot be assigned.`,
 	c.Flags().StringVar(&reason, "reason", "", "why, recorded in the audit log and plan history")
 	addDryRun(c, &dry)
 	return c
+}
+
+func newUsagePlanHistoryCmd(a *App) *cobra.Command {
+	return &cobra.Command{
+		Use:   "plan-history ACCOUNT-EMAIL|ACCOUNT-ID|PROFILE-ID",
+		Short: "An account's plan changes, newest first: when, from, to, upgrade or downgrade, who and why",
+		Example: `  v3ctl usage plan-history parent@example.com
+  v3ctl usage plan-history parent@example.com -o json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			ctx := c.Context()
+			pool, err := a.DB(ctx)
+			if err != nil {
+				return err
+			}
+			acct, err := usage.ResolveAccount(ctx, pool, args[0])
+			if err != nil {
+				return usageErr(err)
+			}
+			hs, err := usage.AccountPlanHistory(ctx, pool, acct.ID)
+			if err != nil {
+				return err
+			}
+			rows := make([][]string, len(hs))
+			for i, h := range hs {
+				rows[i] = []string{fmtTime(&h.ChangedAt), strPtr(h.OldPlan), h.NewPlan, h.Change, strPtr(h.ChangedBy), strPtr(h.Reason)}
+			}
+			if len(hs) == 0 && !a.Printer().Structured() {
+				a.Infof("%s has no plan changes (an account without one is on its initial plan)", acct.Label())
+				return nil
+			}
+			return a.Printer().Print(hs, []string{"changed_at", "from", "to", "change", "changed_by", "reason"}, rows)
+		},
+	}
 }
 
 func newUsageRebuildCmd(a *App) *cobra.Command {

@@ -239,7 +239,26 @@ func TestUsageSetPlan(t *testing.T) {
 	if events != 2 || audits != 2 || history != 2 {
 		t.Fatalf("events %d audits %d history %d, want 2 each (the dry run leaves none)", events, audits, history)
 	}
-	code, out, _ := f.run(t, "usage", "events", "over@example.com", "--type", "plan_downgraded", "-o", "json")
+	// plan-history: both changes, newest first, with who and why.
+	code, out, _ := f.run(t, "usage", "plan-history", "over@example.com", "-o", "json")
+	var hist []struct {
+		OldPlan   *string `json:"old_plan"`
+		NewPlan   string  `json:"new_plan"`
+		Change    string  `json:"change"`
+		ChangedBy *string `json:"changed_by"`
+		Reason    *string `json:"reason"`
+	}
+	if code != 0 || json.Unmarshal([]byte(out), &hist) != nil || len(hist) != 2 {
+		t.Fatalf("plan-history: exit %d %s", code, out)
+	}
+	if hist[0].NewPlan != "basic" || hist[0].Change != "plan_downgraded" || hist[1].NewPlan != "premium" ||
+		hist[1].Reason == nil || *hist[1].Reason != "ticket 1" || hist[1].ChangedBy == nil || *hist[1].ChangedBy != "ops@example.com" {
+		t.Fatalf("plan-history: %s", out)
+	}
+	if code, _, _ := f.run(t, "usage", "plan-history", "nobody@example.com"); code != ExitNotFound {
+		t.Fatalf("plan-history of an unknown account: exit %d", code)
+	}
+	code, out, _ = f.run(t, "usage", "events", "over@example.com", "--type", "plan_downgraded", "-o", "json")
 	if code != 0 || !strings.Contains(out, `"new_plan": "basic"`) {
 		t.Fatalf("events: exit %d %s", code, out)
 	}
