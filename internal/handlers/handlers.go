@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Job is what a handler sees of a claimed job.
@@ -224,7 +225,11 @@ func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return "…" + s[len(s)-n:]
+	i := len(s) - n
+	for i < len(s) && !utf8.RuneStart(s[i]) { // keep whole characters
+		i++
+	}
+	return "…" + s[i:]
 }
 
 func getenv(d Deps) func(string) string {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -253,7 +254,7 @@ type FailResult struct {
 func Fail(ctx context.Context, q db.DB, l Lease, msg string, retryable bool) (FailResult, error) {
 	var raw []byte
 	var r FailResult
-	if err := q.QueryRow(ctx, `SELECT public.fail_job($1::uuid, $2, $3, $4, $5::uuid)`, l.JobID, l.WorkerID, msg, retryable, tok(l.Token)).Scan(&raw); err != nil {
+	if err := q.QueryRow(ctx, `SELECT public.fail_job($1::uuid, $2, $3, $4, $5::uuid)`, l.JobID, l.WorkerID, CleanText(msg), retryable, tok(l.Token)).Scan(&raw); err != nil {
 		return r, db.Explain(err)
 	}
 	if err := json.Unmarshal(raw, &r); err != nil {
@@ -274,7 +275,7 @@ func Reschedule(ctx context.Context, q db.DB, l Lease, delay time.Duration, reas
 	}
 	var ok bool
 	err := q.QueryRow(ctx, `SELECT public.reschedule_job($1::uuid, $2::int, $3, true, $4, $5::uuid)`,
-		l.JobID, d, nz(reason), nz(l.WorkerID), tok(l.Token)).Scan(&ok)
+		l.JobID, d, nz(CleanText(reason)), nz(l.WorkerID), tok(l.Token)).Scan(&ok)
 	return ok, db.Explain(err)
 }
 
@@ -448,4 +449,15 @@ func CompleteMany(ctx context.Context, q Batcher, cs []Completion) (ok []bool, e
 		}
 	}
 	return ok, nil
+}
+
+// CleanText makes an error text storable in a PostgreSQL text column: NUL
+// bytes are dropped and invalid UTF-8 (a handler's binary stderr, a cut
+// multi-byte character) becomes U+FFFD. Without this the database refuses
+// the failure report and the job would wait for reclaim instead.
+func CleanText(s string) string {
+	if strings.IndexByte(s, 0) >= 0 {
+		s = strings.ReplaceAll(s, "\x00", "")
+	}
+	return strings.ToValidUTF8(s, "\uFFFD")
 }

@@ -165,3 +165,23 @@ func TestCompleteManyFencesEachJob(t *testing.T) {
 		t.Fatalf("repeat: %v %v", ok, err)
 	}
 }
+
+// A failure whose text is not valid UTF-8 or holds NUL bytes (a handler's
+// binary stderr) is still recorded, cleaned, instead of being refused.
+func TestFailWithBinaryErrorText(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	e := enqueue(t, pool, queue.EnqueueParams{})
+	j := claimOne(t, pool, "w1")
+	r, err := queue.Fail(ctx, pool, j.Lease(), "exit 1: \xff\xfe\x00stderr é", false)
+	if err != nil || !r.OK || r.Status != "dead_letter" {
+		t.Fatalf("fail: %+v %v", r, err)
+	}
+	var last string
+	if err := pool.QueryRow(ctx, `SELECT error_details->>'error' FROM job_queue_all WHERE id = $1`, e.JobID).Scan(&last); err != nil {
+		t.Fatal(err)
+	}
+	if last != "exit 1: \uFFFDstderr é" {
+		t.Fatalf("stored %q", last)
+	}
+}

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/v3ctl/v3ctl/internal/handlers"
+	"github.com/v3ctl/v3ctl/internal/queue"
 )
 
 // Built-in job types every worker can run without configuration.
@@ -96,9 +98,21 @@ func (c *Config) Validate() error {
 	for jt, s := range c.Handlers {
 		if !validJobType(jt) {
 			errs = append(errs, fmt.Errorf("handler key %q is not a job type (lower-case letters, digits and _)", jt))
+		} else if !slices.Contains(queue.JobTypes, jt) {
+			errs = append(errs, fmt.Errorf("handler key %q is not a job type the queue knows (one of %s)", jt, strings.Join(queue.JobTypes, ", ")))
 		}
 		if s.Kind == "" {
 			errs = append(errs, fmt.Errorf("handler for %s: kind is required (one of %s)", jt, strings.Join(handlers.Kinds, ", ")))
+		}
+	}
+	for _, t := range c.Types {
+		if !slices.Contains(queue.JobTypes, t) {
+			errs = append(errs, fmt.Errorf("unknown job type %q in types (one of %s)", t, strings.Join(queue.JobTypes, ", ")))
+		}
+	}
+	for _, l := range c.Lanes {
+		if !slices.Contains(queue.AllLanes, l) {
+			errs = append(errs, fmt.Errorf("unknown lane %q in lanes (one of %s)", l, strings.Join(queue.AllLanes, ", ")))
 		}
 	}
 	return errors.Join(errs...)

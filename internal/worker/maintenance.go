@@ -65,10 +65,8 @@ func (w *Worker) systemMaintenance(ctx context.Context, job handlers.Job) (handl
 // than audit.retention_days and leave one audit row saying how many went,
 // in one transaction.
 //
-// NOTE for the lead: this is a plain parameterised DELETE in Go because the
-// worker owns no migration; it belongs in a SQL function
-// (e.g. public.purge_audit_log(p_retention_days int)) so the app and v3ctl
-// share it.
+// TODO: move the DELETE into a SQL function (public.purge_audit_log(days))
+// so that the app and v3ctl share one retention rule.
 func (w *Worker) auditCleanup(ctx context.Context, job handlers.Job) (handlers.Result, error) {
 	days, err := sysconfig.Int(ctx, w.pool, "audit.retention_days", 2555)
 	if err != nil {

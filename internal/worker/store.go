@@ -57,11 +57,16 @@ func failJob(ctx context.Context, q db.DB, l Lease, msg string, retryable bool) 
 	return queue.Fail(ctx, q, l, msg, retryable)
 }
 
+// Rate-limit delays are kept between a second (a "retry now" answer would
+// otherwise bounce the job straight back until its reschedules run out) and
+// the week reschedule_job accepts.
+const (
+	minRescheduleDelay = time.Second
+	maxRescheduleDelay = 7 * 24 * time.Hour
+)
+
 func rescheduleJob(ctx context.Context, q db.DB, l Lease, after time.Duration, reason string) (bool, error) {
-	if after < 0 {
-		after = 0
-	}
-	return queue.Reschedule(ctx, q, l, after, reason)
+	return queue.Reschedule(ctx, q, l, min(max(after, minRescheduleDelay), maxRescheduleDelay), reason)
 }
 
 func releaseJob(ctx context.Context, q db.DB, l Lease) (bool, error) {

@@ -17,6 +17,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -392,6 +393,14 @@ func (w *Worker) start(j claimedJob) {
 		t.log = t.log.With(slog.String("correlation_id", j.Job.CorrelationID))
 	}
 	w.mu.Lock()
+	if old := w.running[j.Job.ID]; old != nil {
+		// This worker claimed the job again while an earlier run of it is
+		// still going: that run's lease was reclaimed, so it is lost.
+		if old.state == stRunning {
+			old.state = stLost
+		}
+		old.cancel(ErrLeaseLost)
+	}
 	w.running[j.Job.ID] = t
 	w.mu.Unlock()
 	w.lastActivity.Store(time.Now().UnixNano())
@@ -407,7 +416,9 @@ func (w *Worker) run(ctx context.Context, t *task) {
 	defer func() {
 		t.cancel(nil)
 		w.mu.Lock()
-		delete(w.running, t.job.ID)
+		if w.running[t.job.ID] == t { // not a newer claim of the same job
+			delete(w.running, t.job.ID)
+		}
 		w.mu.Unlock()
 		w.lastActivity.Store(time.Now().UnixNano())
 		w.m.InFlight.Dec()
@@ -432,6 +443,12 @@ func (w *Worker) run(ctx context.Context, t *task) {
 		lg.Warn("lease lost: handler cancelled, result discarded")
 		return
 	case stAbandoned:
+		if err == nil && !panicked {
+			// The handler succeeded just as the grace period ran out: keep
+			// its result rather than run the job again.
+			w.complete(t, lg, res, dur)
+			return
+		}
 		w.m.Duration.WithLabelValues(t.job.Type, "released").Observe(dur.Seconds())
 		var ok bool
 		rerr := w.retryDB(w.bg, "release", func(c context.Context) (e error) {
@@ -554,8 +571,8 @@ func (w *Worker) reschedule(t *task, lg *slog.Logger, after time.Duration, herr 
 		return e
 	})
 	if err != nil {
-		// Typically the bounded reschedule count is exhausted: fall back to
-		// a retryable failure, which consumes an attempt.
+		// reschedule_job refused (or the database stayed unreachable): fall
+		// back to a retryable failure, which consumes an attempt.
 		lg.Warn("could not reschedule; failing the job as retryable instead", slog.String("error", err.Error()))
 		w.fail(t, lg, herr, true, "retryable")
 		return
@@ -572,7 +589,11 @@ func (w *Worker) reschedule(t *task, lg *slog.Logger, after time.Duration, herr 
 func truncateErr(s string) string {
 	const n = 4000
 	if len(s) > n {
-		return s[:n] + "…"
+		i := n
+		for i > 0 && !utf8.RuneStart(s[i]) { // keep whole characters
+			i--
+		}
+		return s[:i] + "…"
 	}
 	return s
 }
@@ -647,10 +668,16 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 			wait = min(w.heartbeat, time.Second)
 			continue
 		}
+		sent := make(map[string]string, len(leases))
+		for _, l := range leases {
+			sent[l.JobID] = l.Token
+		}
 		for _, id := range lost {
 			w.mu.Lock()
 			tk := w.running[id]
-			cancel := tk != nil && tk.state == stRunning
+			// Only the run whose lease was sent: the job may have been
+			// claimed again meanwhile under a new lease.
+			cancel := tk != nil && tk.state == stRunning && tk.lease.Token == sent[id]
 			if cancel {
 				tk.state = stLost
 			}

@@ -455,9 +455,24 @@ func TestConfigErrors(t *testing.T) {
 	if !errors.As(err, &nh) || !strings.Contains(err.Error(), "ai_processing") {
 		t.Fatalf("missing handler: %v", err)
 	}
-	_, err = New(Config{Handlers: map[string]handlers.Spec{"x": {Kind: "smtp"}}}, nil, nil)
+	_, err = New(Config{Handlers: map[string]handlers.Spec{"report_generation": {Kind: "smtp"}}}, nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "unknown kind") {
 		t.Fatalf("bad kind: %v", err)
+	}
+	// A typo in a job type or lane is refused at start, not retried forever
+	// against the claim function.
+	exec := handlers.Spec{Kind: "exec", Command: []string{"true"}}
+	for _, c := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{Handlers: map[string]handlers.Spec{"ai_procesing": exec}}, `"ai_procesing" is not a job type the queue knows`},
+		{Config{Types: []string{"shell_file_processin"}}, `unknown job type "shell_file_processin"`},
+		{Config{Lanes: []string{"ai_queue_simpl"}}, `unknown lane "ai_queue_simpl"`},
+	} {
+		if _, err := New(c.cfg, nil, nil); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Fatalf("want %q, got %v", c.want, err)
+		}
 	}
 	if !Transient(errors.New("conn closed")) {
 		t.Fatal("a network error must be transient")
