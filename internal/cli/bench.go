@@ -108,7 +108,7 @@ func newBenchQueueCmd(a *App, guard benchGuard) *cobra.Command {
 			if err := guard(c); err != nil {
 				return err
 			}
-			pool, err := a.DB(c.Context())
+			pool, err := a.DBConns(c.Context(), o.Workers+4)
 			if err != nil {
 				return err
 			}
@@ -147,7 +147,7 @@ func newBenchPickupCmd(a *App, guard benchGuard) *cobra.Command {
 			if err := guard(c); err != nil {
 				return err
 			}
-			pool, err := a.DB(c.Context())
+			pool, err := a.DBConns(c.Context(), o.Workers+4)
 			if err != nil {
 				return err
 			}
@@ -197,7 +197,7 @@ claims followed by their completion. A claim must cost the same whether 10k or
 			if err := guard(c); err != nil {
 				return err
 			}
-			pool, err := a.DB(c.Context())
+			pool, err := a.DBConns(c.Context(), 4)
 			if err != nil {
 				return err
 			}
@@ -238,7 +238,7 @@ func newBenchCapacityCmd(a *App, guard benchGuard) *cobra.Command {
 			if err := guard(c); err != nil {
 				return err
 			}
-			pool, err := a.DB(c.Context())
+			pool, err := a.DBConns(c.Context(), o.Callers+4)
 			if err != nil {
 				return err
 			}
@@ -272,7 +272,7 @@ func newBenchUsageCmd(a *App, guard benchGuard) *cobra.Command {
 			if err := guard(c); err != nil {
 				return err
 			}
-			pool, err := a.DB(c.Context())
+			pool, err := a.DBConns(c.Context(), o.Workers+4)
 			if err != nil {
 				return err
 			}
@@ -303,7 +303,7 @@ func newBenchPhysicalCmd(a *App, guard benchGuard) *cobra.Command {
 			if err := guard(c); err != nil {
 				return err
 			}
-			pool, err := a.DB(c.Context())
+			pool, err := a.DBConns(c.Context(), o.Conns+4)
 			if err != nil {
 				return err
 			}

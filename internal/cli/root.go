@@ -228,7 +228,11 @@ func (a *App) DatabaseURL(ctx context.Context) (string, string, error) {
 }
 
 // DB opens (once) and returns the pool for the resolved database.
-func (a *App) DB(ctx context.Context) (*pgxpool.Pool, error) {
+func (a *App) DB(ctx context.Context) (*pgxpool.Pool, error) { return a.DBConns(ctx, 0) }
+
+// DBConns is DB with a pool of at least conns connections, for commands that
+// hold many at once (bench); 0 keeps pgx's default.
+func (a *App) DBConns(ctx context.Context, conns int) (*pgxpool.Pool, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.pool != nil {
@@ -238,7 +242,11 @@ func (a *App) DB(ctx context.Context) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	pool, err := db.Connect(ctx, u)
+	pool, err := db.Connect(ctx, u, func(c *pgxpool.Config) {
+		if n := int32(conns); c.MaxConns < n {
+			c.MaxConns = n
+		}
+	})
 	if err != nil {
 		return nil, WithCode(ExitUnavailable, err)
 	}
