@@ -447,6 +447,7 @@ FROM public.audit_log WHERE table_name = 'job_queue' AND record_id = ANY ($1) GR
 	}
 	rows.Close()
 	led := r.ledger.byJob()
+	done := r.ledger.finishedByJob()
 	bad := 0
 	report := func(format string, a ...any) {
 		bad++
@@ -469,20 +470,26 @@ FROM public.audit_log WHERE table_name = 'job_queue' AND record_id = ANY ($1) GR
 		st.Completions += completes[id]
 		execs := led[id]
 		st.Executions += len(execs)
+		// The completion must come from an execution of that very attempt
+		// whose handler ran to the end (the ledger answered it).
 		found := false
-		for _, e := range execs {
+		for _, e := range done[id] {
 			if e.Attempt == a.attempt {
 				found = true
 			}
 		}
 		if !found {
-			report("job %s completed at attempt %d but the ledger has no execution of that attempt (%d executions)", id, a.attempt, len(execs))
+			report("job %s completed at attempt %d but the ledger has no finished execution of that attempt (%d executions)", id, a.attempt, len(execs))
 		}
 		if len(execs) > 1 {
 			st.ReExecuted++
-			if takenBack[id] == 0 && a.history == 0 {
-				report("job %s executed %d times but the queue never took it back from a holder (no reclaim/release/fail)", id, len(execs))
-			}
+		}
+		// Each execution beyond the first needs the queue to have taken the
+		// job back from a holder once (reclaim, release, failure, retry or
+		// reschedule); more executions than that mean a job ran twice under
+		// one claim.
+		if len(execs) > 1+takenBack[id] {
+			report("job %s executed %d times but the queue took it back from a holder only %d time(s)", id, len(execs), takenBack[id])
 		}
 	}
 	if len(archived) != len(r.jobIDs) {
