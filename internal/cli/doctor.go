@@ -16,6 +16,7 @@ func newDoctorCmd(a *App) *cobra.Command {
 	var checks []string
 	var openTxWarn, openTxCrit time.Duration
 	var deadTuples int64
+	var deadLetterWindow time.Duration
 	cmd := &cobra.Command{
 		Use:   "doctor",
 		Short: "Check a V3 database: schema version, access rules, stuck jobs, capacity, usage drift, bloat",
@@ -41,8 +42,11 @@ unreachable). Run it as the schema owner or a service-level role.`,
 					return err
 				}
 			}
-			if openTxWarn < 0 || openTxCrit < 0 || deadTuples < 0 {
-				return UsageErrorf("--open-tx-warn, --open-tx-critical and --dead-tuples must not be negative")
+			if openTxWarn < 0 || openTxCrit < 0 || deadTuples < 0 || deadLetterWindow < 0 {
+				return UsageErrorf("--open-tx-warn, --open-tx-critical, --dead-tuples and --dead-letter-window must not be negative")
+			}
+			if deadLetterWindow == 0 {
+				deadLetterWindow = -1 // all time
 			}
 			u, err := a.URL(c.Context())
 			if err != nil {
@@ -54,6 +58,7 @@ unreachable). Run it as the schema owner or a service-level role.`,
 			}
 			fs := doctor.Run(c.Context(), pool, doctor.Options{
 				URL: u, Only: checks, OpenTxWarn: openTxWarn, OpenTxCritical: openTxCrit, DeadTuplesWarn: deadTuples,
+				DeadLetterWindow: deadLetterWindow,
 			})
 			if err := printFindings(a, fs); err != nil {
 				return err
@@ -83,6 +88,7 @@ unreachable). Run it as the schema owner or a service-level role.`,
 	cmd.Flags().DurationVar(&openTxWarn, "open-tx-warn", 5*time.Minute, "warn when a transaction has been open longer than this")
 	cmd.Flags().DurationVar(&openTxCrit, "open-tx-critical", time.Hour, "critical when a transaction has been open longer than this")
 	cmd.Flags().Int64Var(&deadTuples, "dead-tuples", 10000, "warn when job_queue has more dead tuples than this (and than 20% of its live tuples)")
+	cmd.Flags().DurationVar(&deadLetterWindow, "dead-letter-window", 24*time.Hour, "report jobs dead-lettered within this window (0: every dead letter, however old)")
 	_ = cmd.RegisterFlagCompletionFunc("check", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
 		return doctor.CheckNames(), cobra.ShellCompDirectiveNoFileComp
 	})

@@ -64,6 +64,9 @@ type Options struct {
 	// OpenTxWarn / OpenTxCritical: age of the oldest open transaction in this
 	// database (default 5 min / 1 h).
 	OpenTxWarn, OpenTxCritical time.Duration
+	// DeadLetterWindow: dead letters younger than this are reported
+	// (default 24h; negative: every dead letter, however old).
+	DeadLetterWindow time.Duration
 	// Versions are the migrations this binary knows (default: embedded).
 	Versions []int64
 	// Only runs just the named checks.
@@ -82,6 +85,9 @@ func (o *Options) defaults() {
 	}
 	if o.OpenTxCritical == 0 {
 		o.OpenTxCritical = time.Hour
+	}
+	if o.DeadLetterWindow == 0 {
+		o.DeadLetterWindow = 24 * time.Hour
 	}
 	if o.Versions == nil {
 		o.Versions = EmbeddedVersions()
@@ -122,9 +128,9 @@ func Checks() []Check {
 		{"function_privileges", "functions executable by anon/authenticated that the security rules do not allow", true, checkFunctionPrivileges},
 		{"policy_per_row_auth", "policies calling auth.uid()/auth.jwt()/auth.role() per row instead of (select ...)", true, checkPolicyInitPlan},
 		{"policy_indexes", "columns used by policies without an index", true, checkPolicyIndexes},
-		{"claim_indexes", "job_queue indexes for claiming (pending by schedule) and reclaiming (processing by heartbeat)", true, checkClaimIndexes},
+		{"claim_indexes", "job_queue indexes for claiming (pending by schedule) and reclaiming (partial index on processing jobs)", true, checkClaimIndexes},
 		{"stuck_jobs", "processing jobs whose heartbeat is older than worker.timeout_seconds", true, checkStuckJobs},
-		{"dead_letter_jobs", "jobs in the dead letter state", true, checkDeadLetter},
+		{"dead_letter_jobs", "jobs dead-lettered recently (--dead-letter-window, default 24h)", true, checkDeadLetter},
 		{"capacity_leases", "vendor capacity held past its lease", true, checkCapacityLeases},
 		{"usage_drift", "usage aggregates that differ from the events", true, checkUsageDrift},
 		{"queue_bloat", "dead tuples in job_queue", true, checkQueueBloat},
@@ -580,9 +586,13 @@ func checkClaimIndexes(ctx context.Context, q db.DB, _ *Options) ([]Finding, err
 		out = append(out, Finding{Severity: Warn, Message: "job_queue has no index on scheduled_at for claiming pending jobs",
 			Hint: "CREATE INDEX ON public.job_queue (priority, scheduled_at) WHERE status = 'pending'"})
 	}
-	if !has("heartbeat_at") && !has("'processing'") {
-		out = append(out, Finding{Severity: Warn, Message: "job_queue has no index for finding timed-out processing jobs (heartbeat_at)",
-			Hint: "CREATE INDEX ON public.job_queue (heartbeat_at) WHERE status = 'processing'"})
+	// Reclaim and worker lookups walk the in-flight jobs through a partial
+	// index on status = 'processing' (job_queue_processing_idx, on
+	// worker_id). heartbeat_at is deliberately not indexed so that
+	// heartbeats stay HOT updates.
+	if !has("WHERE", "'processing'") {
+		out = append(out, Finding{Severity: Warn, Message: "job_queue has no partial index on processing jobs for reclaiming and worker lookups",
+			Hint: "CREATE INDEX job_queue_processing_idx ON public.job_queue (worker_id) WHERE status = 'processing' (not on heartbeat_at: heartbeats must stay HOT updates)"})
 	}
 	if len(out) == 0 {
 		return []Finding{{Severity: OK, Message: "job_queue has indexes for claiming and reclaiming"}}, nil
@@ -636,7 +646,7 @@ func checkStuckJobs(ctx context.Context, q db.DB, _ *Options) ([]Finding, error)
 	return []Finding{{Severity: OK, Message: fmt.Sprintf("no processing job older than worker.timeout_seconds (%ds)", timeout)}}, nil
 }
 
-func checkDeadLetter(ctx context.Context, q db.DB, _ *Options) ([]Finding, error) {
+func checkDeadLetter(ctx context.Context, q db.DB, o *Options) ([]Finding, error) {
 	ok, err := columnsExist(ctx, q, "public.job_queue", "status")
 	if err != nil {
 		return nil, err
@@ -646,24 +656,66 @@ func checkDeadLetter(ctx context.Context, q db.DB, _ *Options) ([]Finding, error
 	}
 	// Finished jobs, dead letters included, move to job_queue_archive where
 	// that table exists; older schemas keep them in job_queue.
+	tables := []string{"public.job_queue"}
 	archived, err := columnsExist(ctx, q, "public.job_queue_archive", "status")
 	if err != nil {
 		return nil, err
 	}
-	query := `SELECT count(*) FROM public.job_queue WHERE status IN ('dead_letter', 'failed')`
 	if archived {
-		query = `SELECT (SELECT count(*) FROM public.job_queue WHERE status IN ('dead_letter', 'failed'))
-		              + (SELECT count(*) FROM public.job_queue_archive WHERE status IN ('dead_letter', 'failed'))`
+		tables = append(tables, "public.job_queue_archive")
+	}
+	window := o.DeadLetterWindow
+	var parts []string
+	for _, t := range tables {
+		cond := ""
+		if window > 0 {
+			// When the job was dead-lettered: dead_letter_at, else when it
+			// finished, else its last change.
+			var when []string
+			for _, c := range []string{"dead_letter_at", "completed_at", "updated_at"} {
+				has, err := columnsExist(ctx, q, t, c)
+				if err != nil {
+					return nil, err
+				}
+				if has {
+					when = append(when, c)
+				}
+			}
+			if len(when) > 0 {
+				cond = ` AND coalesce(` + strings.Join(when, ", ") + `) >= pg_catalog.now() - pg_catalog.make_interval(secs => $1)`
+			}
+		}
+		parts = append(parts, `(SELECT count(*) FROM `+t+` WHERE status IN ('dead_letter', 'failed')`+cond+`)`)
+	}
+	query := `SELECT ` + strings.Join(parts, " + ")
+	var args []any
+	if strings.Contains(query, "$1") {
+		args = append(args, window.Seconds())
 	}
 	var n int64
-	if err := q.QueryRow(ctx, query).Scan(&n); err != nil {
+	if err := q.QueryRow(ctx, query, args...).Scan(&n); err != nil {
 		return nil, err
 	}
+	span := "ever"
+	if window > 0 {
+		span = "in the last " + formatWindow(window)
+	}
 	if n > 0 {
-		return []Finding{{Severity: Warn, Message: fmt.Sprintf("%s in the dead letter state", plural(n, "job is", "jobs are")),
+		return []Finding{{Severity: Warn, Message: fmt.Sprintf("%s dead-lettered %s", plural(n, "job", "jobs"), span),
 			Hint: "inspect them (v3ctl jobs list --status dead_letter) and requeue the ones worth retrying (requeue_dead_letter_jobs)"}}, nil
 	}
-	return []Finding{{Severity: OK, Message: "no dead-letter job"}}, nil
+	return []Finding{{Severity: OK, Message: "no job dead-lettered " + span}}, nil
+}
+
+// formatWindow renders a window as 24h, 90m or 45s rather than 24h0m0s.
+func formatWindow(d time.Duration) string {
+	switch {
+	case d%time.Hour == 0:
+		return strconv.FormatInt(int64(d/time.Hour), 10) + "h"
+	case d%time.Minute == 0:
+		return strconv.FormatInt(int64(d/time.Minute), 10) + "m"
+	}
+	return d.String()
 }
 
 func checkCapacityLeases(ctx context.Context, q db.DB, _ *Options) ([]Finding, error) {

@@ -39,7 +39,10 @@ func TestFindsPlantedDataProblems(t *testing.T) {
 		{name: "dead letter", needs: "public.job_queue", plant: []string{
 			`SELECT * FROM public.enqueue_job_v3('audit_cleanup', 'doomed', '{"a":1}'::jsonb)`,
 			`SELECT public.fail_job(c.id, 'worker-1', 'boom', false, c.lease_token) FROM public.claim_jobs_v3('worker-1', NULL, NULL, 1) c`,
-		}, check: "dead_letter_jobs", sev: doctor.Warn, want: "1 job is in the dead letter state"},
+		}, check: "dead_letter_jobs", sev: doctor.Warn, want: "1 job dead-lettered in the last 24h"},
+		{name: "no processing index", needs: "public.job_queue", plant: []string{
+			`DROP INDEX public.job_queue_processing_idx`,
+		}, check: "claim_indexes", sev: doctor.Warn, want: "no partial index on processing jobs"},
 		{name: "capacity held past its lease", needs: "public.api_capacity_holds", plant: []string{
 			`SELECT public.acquire_api_capacity('openai', 'gpt-4o-mini', 100)`,
 			`UPDATE public.api_capacity_holds SET acquired_at = now() - interval '2 hours', expires_at = now() - interval '1 hour'`,
@@ -98,5 +101,41 @@ func TestFindsPlantedDataProblems(t *testing.T) {
 				time.Sleep(200 * time.Millisecond)
 			}
 		})
+	}
+}
+
+// A dead letter older than the window (default 24h) is history, not a
+// problem: the default run stays clean, an all-time run still counts it.
+func TestOldDeadLetterOutsideWindow(t *testing.T) {
+	pool := testdb.New(t)
+	ctx := context.Background()
+	var exists bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass('public.job_queue_archive') IS NOT NULL`).Scan(&exists); err != nil {
+		t.Fatal(err)
+	}
+	if !exists {
+		t.Skip("public.job_queue_archive does not exist")
+	}
+	for _, s := range []string{
+		`SELECT * FROM public.enqueue_job_v3('audit_cleanup', 'old-doomed', '{"a":1}'::jsonb)`,
+		`SELECT public.fail_job(c.id, 'worker-1', 'boom', false, c.lease_token) FROM public.claim_jobs_v3('worker-1', NULL, NULL, 1) c`,
+		`UPDATE public.job_queue_archive SET dead_letter_at = now() - interval '3 days', completed_at = now() - interval '3 days'
+		   WHERE status = 'dead_letter'`,
+	} {
+		if _, err := pool.Exec(ctx, s); err != nil {
+			t.Fatalf("plant %q: %v", s, err)
+		}
+	}
+	fs := doctor.Run(ctx, pool, doctor.Options{Only: []string{"dead_letter_jobs"}})
+	if len(fs) != 1 || fs[0].Severity != doctor.OK || !strings.Contains(fs[0].Message, "in the last 24h") {
+		t.Fatalf("a 3-day-old dead letter was reported with the default window:\n%s", dump(fs))
+	}
+	fs = doctor.Run(ctx, pool, doctor.Options{Only: []string{"dead_letter_jobs"}, DeadLetterWindow: 96 * time.Hour})
+	if len(fs) != 1 || fs[0].Severity != doctor.Warn || !strings.Contains(fs[0].Message, "1 job dead-lettered in the last 96h") {
+		t.Fatalf("a 4-day window should report the dead letter:\n%s", dump(fs))
+	}
+	fs = doctor.Run(ctx, pool, doctor.Options{Only: []string{"dead_letter_jobs"}, DeadLetterWindow: -1})
+	if len(fs) != 1 || fs[0].Severity != doctor.Warn || !strings.Contains(fs[0].Message, "1 job dead-lettered ever") {
+		t.Fatalf("an all-time run should report the dead letter:\n%s", dump(fs))
 	}
 }

@@ -296,8 +296,23 @@ func openSession(ctx context.Context, pool *pgxpool.Pool, p Persona) (*session, 
 func (s *session) close(ctx context.Context) { _ = s.tx.Rollback(ctx) }
 
 func (s *session) try(ctx context.Context, sql string) (result, error) {
+	return s.trySetup(ctx, "", sql)
+}
+
+// trySetup runs setup as the session user (the schema owner), then sql as
+// the persona, in one savepoint that is rolled back.
+func (s *session) trySetup(ctx context.Context, setup, sql string) (result, error) {
 	if _, err := s.tx.Exec(ctx, "SAVEPOINT matrix"); err != nil {
 		return result{}, err
+	}
+	if setup != "" {
+		for _, q := range []string{`RESET ROLE`, setup, `SET LOCAL ROLE ` + pgx.Identifier{s.p.Role}.Sanitize()} {
+			if _, err := s.tx.Exec(ctx, q, pgx.QueryExecModeSimpleProtocol); err != nil {
+				_, _ = s.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT matrix")
+				_, _ = s.tx.Exec(ctx, "RELEASE SAVEPOINT matrix")
+				return result{}, fmt.Errorf("probe setup as owner: %w", err)
+			}
+		}
 	}
 	var res result
 	rows, err := s.tx.Query(ctx, sql, pgx.QueryExecModeSimpleProtocol)
@@ -492,33 +507,57 @@ func Run(ctx context.Context, pool *pgxpool.Pool, r *Rules) (*Matrix, error) {
 		}
 		m.Probes++
 		p, _ := PersonaByName(pr.As)
-		res, err := sessions[p.Name].try(ctx, Expand(pr.SQL, p))
+		setup := ""
+		if pr.Setup != "" {
+			setup = Expand(pr.Setup, p)
+		}
+		res, err := sessions[p.Name].trySetup(ctx, setup, Expand(pr.SQL, p))
 		if err != nil {
 			return nil, fmt.Errorf("probe %q: %w", pr.Name, err)
 		}
-		want, got := pr.Want, res.String()
-		if res.Code != "" && !res.denied() {
-			got = res.Code
+		want, got := probeOutcome(pr.Probe, res)
+		shown := got
+		if want != got && res.Code != "" && res.Msg != "" {
+			// The message explains a wrong outcome; it is not compared.
+			shown += " (" + res.Msg + ")"
 		}
-		if pr.Want == "ok" && res.Code == "" {
-			if pr.Value != nil {
-				want = "value " + *pr.Value
-				got = "value (none)"
-				if len(res.Values) > 0 {
-					got = "value " + res.Values[0]
-				}
-			}
-			if pr.Rows != nil {
-				want += fmt.Sprintf(" rows %d", *pr.Rows)
-				got += fmt.Sprintf(" rows %d", res.Rows)
-			}
-		}
-		if res.Code != "" && res.Code != "42501" {
-			got += " (" + res.Msg + ")"
-		}
-		m.add("probe: "+pr.Name, p.Name, "probe", want, got)
+		m.addOK("probe: "+pr.Name, p.Name, "probe", want, shown, want == got)
 	}
 	return m, nil
+}
+
+// probeOutcome renders what a probe wants and what it got in the same
+// terms: "ok" (with value/rows when asked), "denied" for 42501, or the bare
+// SQLSTATE when the probe wants one.
+func probeOutcome(pr Probe, res result) (want, got string) {
+	want = pr.Want
+	switch {
+	case res.Code == "":
+		got = "ok"
+	case pr.Want == "denied" && res.denied():
+		got = "denied"
+	case pr.Want == "denied" || pr.Want == "ok":
+		got = res.String()
+		if !res.denied() {
+			got = res.Code
+		}
+	default:
+		got = res.Code
+	}
+	if pr.Want == "ok" && res.Code == "" {
+		if pr.Value != nil {
+			want = "value " + *pr.Value
+			got = "value (none)"
+			if len(res.Values) > 0 {
+				got = "value " + res.Values[0]
+			}
+		}
+		if pr.Rows != nil {
+			want += fmt.Sprintf(" rows %d", *pr.Rows)
+			got += fmt.Sprintf(" rows %d", res.Rows)
+		}
+	}
+	return want, got
 }
 
 func joinOrDash(s []string) string {
@@ -561,12 +600,87 @@ LIMIT 1`, oid).Scan(&col)
 	return col, err
 }
 
+// rowKey is the text expression (over the alias t) that identifies a row:
+// its primary key, else the whole row.
+func rowKey(ctx context.Context, pool *pgxpool.Pool, oid uint32) (string, error) {
+	rows, err := pool.Query(ctx, `
+SELECT a.attname FROM pg_catalog.pg_constraint c
+CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, n)
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum
+WHERE c.conrelid = $1::oid AND c.contype = 'p'
+ORDER BY k.n`, oid)
+	if err != nil {
+		return "", err
+	}
+	cols, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return "", err
+	}
+	if len(cols) == 0 {
+		return "t::text", nil
+	}
+	parts := make([]string, len(cols))
+	for i, c := range cols {
+		parts[i] = "t." + pgx.Identifier{c}.Sanitize()
+	}
+	if len(parts) == 1 {
+		return parts[0] + "::text", nil
+	}
+	return "ROW(" + strings.Join(parts, ", ") + ")::text", nil
+}
+
+// perRow runs an UPDATE/DELETE row by row (each row named by key, from
+// every row of the table as the owner sees it) after the whole statement
+// failed on a constraint. Values are the rows the persona affected or that
+// a constraint stopped (those got past privileges and policies); blocked
+// counts the latter. A failure other than a constraint is returned as is.
+func (m *Matrix) perRow(ctx context.Context, pool *pgxpool.Pool, s *session, qname, key string, stmt func(where string) string) (result, int, error) {
+	rows, err := pool.Query(ctx, `SELECT `+key+` FROM `+qname+` t`)
+	if err != nil {
+		return result{}, 0, err
+	}
+	all, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return result{}, 0, err
+	}
+	var out result
+	blocked := 0
+	for _, k := range all {
+		res, err := s.try(ctx, stmt(` WHERE `+key+` = `+quoteLiteral(k)))
+		if err != nil {
+			return result{}, 0, err
+		}
+		switch {
+		case res.Code == "":
+			out.Values = append(out.Values, res.Values...)
+		case strings.HasPrefix(res.Code, "23"):
+			out.Values = append(out.Values, k)
+			blocked++
+		default:
+			return res, 0, nil
+		}
+	}
+	out.Rows = int64(len(out.Values))
+	return out, blocked, nil
+}
+
+func quoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
 func (m *Matrix) runTable(ctx context.Context, pool *pgxpool.Pool, sessions map[string]*session, rel Relation, rule TableRule, probes []SectionProbe) error {
 	qname := quoteQualified(rel.Name)
 	col := ""
 	if rel.IsTable() {
 		var err error
 		if col, err = updateColumn(ctx, pool, rel.OID); err != nil {
+			return err
+		}
+	}
+	key := "t::text"
+	if rel.IsTable() {
+		var err error
+		if key, err = rowKey(ctx, pool, rel.OID); err != nil {
 			return err
 		}
 	}
@@ -609,34 +723,59 @@ func (m *Matrix) runTable(ctx context.Context, pool *pgxpool.Pool, sessions map[
 		if !rel.IsTable() {
 			continue
 		}
-		// UPDATE and DELETE: exactly the rows the predicate names.
+		// UPDATE and DELETE: exactly the rows the predicate names, compared
+		// by key (RETURNING) inside the persona's rolled-back transaction.
 		for _, action := range []string{"update", "delete"} {
 			priv := strings.ToUpper(action)
 			want := "denied"
+			var wantKeys []string
 			if acc.Has(priv) {
-				var n int64
-				if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+qname+` t WHERE `+Expand(acc.Predicate(action), p)).Scan(&n); err != nil {
+				rows, err := pool.Query(ctx, `SELECT `+key+` FROM `+qname+` t WHERE `+Expand(acc.Predicate(action), p))
+				if err != nil {
 					return fmt.Errorf("%s rule predicate: %w", action, err)
 				}
-				want = fmt.Sprintf("%d rows", n)
+				if wantKeys, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+					return fmt.Errorf("%s rule predicate: %w", action, err)
+				}
+				want = fmt.Sprintf("%d of %d rows", len(wantKeys), total)
 			}
-			stmt := `DELETE FROM ` + qname
-			if action == "update" {
-				c := pgx.Identifier{col}.Sanitize()
-				stmt = `UPDATE ` + qname + ` SET ` + c + ` = ` + c
+			stmt := func(where string) string {
+				if action == "update" {
+					c := pgx.Identifier{col}.Sanitize()
+					return `UPDATE ` + qname + ` t SET ` + c + ` = t.` + c + where + ` RETURNING ` + key
+				}
+				return `DELETE FROM ` + qname + ` t` + where + ` RETURNING ` + key
 			}
-			res, err := s.try(ctx, stmt)
+			res, err := s.try(ctx, stmt(""))
 			if err != nil {
 				return err
 			}
 			got := res.String()
-			switch {
-			case res.Code == "":
-				got = fmt.Sprintf("%d rows", res.Rows)
-			case strings.HasPrefix(res.Code, "23") && want != "denied" && want != "0 rows":
-				// A constraint (e.g. a foreign key) stopped rows the role may
-				// touch: the privilege question is answered.
-				got = want
+			blocked := 0
+			if strings.HasPrefix(res.Code, "23") {
+				// A constraint (e.g. a foreign key) stopped the statement:
+				// find, row by row, which rows the role reaches. A row that
+				// fails a constraint got past the privileges and policies.
+				res, blocked, err = m.perRow(ctx, pool, s, qname, key, stmt)
+				if err != nil {
+					return err
+				}
+				got = res.String()
+			}
+			if res.Code == "" {
+				miss, extra := sameMultiset(wantKeys, res.Values)
+				got = fmt.Sprintf("%d of %d rows", len(res.Values), total)
+				if miss+extra > 0 {
+					got += fmt.Sprintf(" (%d missing, %d extra)", miss, extra)
+				}
+				if blocked > 0 {
+					got += fmt.Sprintf(" (%d stopped by constraints)", blocked)
+				}
+				m.addOK(rel.Name, p.Name, action, want, got, acc.Has(priv) && miss+extra == 0)
+				continue
+			}
+			if res.Code != "42501" {
+				got += " (" + res.Msg + ")"
 			}
 			m.add(rel.Name, p.Name, action, want, got)
 		}

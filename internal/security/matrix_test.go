@@ -62,14 +62,19 @@ func TestMatrixCatchesLoosening(t *testing.T) {
 		name, sql string
 		object    string
 		check     string
+		persona   string // when set, the failing cell must be this persona's
 	}{
-		{"grant select on audit_log", `GRANT SELECT ON public.audit_log TO authenticated`, "public.audit_log", "grants"},
-		{"policy opens shell_files", `CREATE POLICY leak ON public.shell_files FOR SELECT TO authenticated USING (true)`, "public.shell_files", "select"},
-		{"execute to anon", `GRANT EXECUTE ON FUNCTION public.set_system_config(text, jsonb, text, text) TO anon`, "public.set_system_config(text, jsonb, text, text)", "execute"},
-		{"table without a rule", `CREATE TABLE public.unruled (id int PRIMARY KEY); ALTER TABLE public.unruled ENABLE ROW LEVEL SECURITY`, "public.unruled", "rule"},
-		{"rls disabled", `ALTER TABLE public.system_configuration DISABLE ROW LEVEL SECURITY`, "public.system_configuration", "rls enabled"},
-		{"definer without search_path", `ALTER FUNCTION public.get_system_config(text, jsonb) RESET search_path`, "public.get_system_config(text, jsonb)", "definer search_path"},
-		{"public execute", `GRANT EXECUTE ON FUNCTION public.log_audit_event(text, text, text, jsonb, jsonb, text, text, uuid, text, uuid, text) TO PUBLIC`, "public.log_audit_event(", "grant execute"},
+		{"grant select on audit_log", `GRANT SELECT ON public.audit_log TO authenticated`, "public.audit_log", "grants", ""},
+		{"policy opens shell_files", `CREATE POLICY leak ON public.shell_files FOR SELECT TO authenticated USING (true)`, "public.shell_files", "select", ""},
+		{"execute to anon", `GRANT EXECUTE ON FUNCTION public.set_system_config(text, jsonb, text, text) TO anon`, "public.set_system_config(text, jsonb, text, text)", "execute", ""},
+		{"table without a rule", `CREATE TABLE public.unruled (id int PRIMARY KEY); ALTER TABLE public.unruled ENABLE ROW LEVEL SECURITY`, "public.unruled", "rule", ""},
+		{"rls disabled", `ALTER TABLE public.system_configuration DISABLE ROW LEVEL SECURITY`, "public.system_configuration", "rls enabled", ""},
+		{"definer without search_path", `ALTER FUNCTION public.get_system_config(text, jsonb) RESET search_path`, "public.get_system_config(text, jsonb)", "definer search_path", ""},
+		{"public execute", `GRANT EXECUTE ON FUNCTION public.log_audit_event(text, text, text, jsonb, jsonb, text, text, uuid, text, uuid, text) TO PUBLIC`, "public.log_audit_event(", "grant execute", ""},
+		{"update policy opens user_profiles", `CREATE POLICY leak ON public.user_profiles FOR UPDATE TO authenticated USING (true)`, "public.user_profiles", "update", "B"},
+		// B may update one profile either way: only the row set tells them apart.
+		{"update policy swaps the rows", `ALTER POLICY user_profiles_update ON public.user_profiles USING (account_owner_id <> (SELECT auth.uid())) WITH CHECK (true)`, "public.user_profiles", "update", "B"},
+		{"delete policy opens profile_access_permissions", `CREATE POLICY leak ON public.profile_access_permissions FOR DELETE TO authenticated USING (true)`, "public.profile_access_permissions", "delete", "B"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -82,7 +87,7 @@ func TestMatrixCatchesLoosening(t *testing.T) {
 			f := m.Failures()
 			found := false
 			for _, c := range f {
-				if strings.HasPrefix(c.Object, tc.object) && c.Check == tc.check {
+				if strings.HasPrefix(c.Object, tc.object) && c.Check == tc.check && (tc.persona == "" || c.Persona == tc.persona) {
 					found = true
 				}
 			}

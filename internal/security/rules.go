@@ -160,6 +160,10 @@ type Probe struct {
 	Value *string `yaml:"value"`
 	// Rows, when set, is the number of rows returned or affected.
 	Rows *int64 `yaml:"rows"`
+	// Setup, when set, is SQL run as the schema owner inside the probe's
+	// savepoint before the statement (e.g. a GRANT that lets the persona
+	// reach a trigger); it is rolled back with the probe.
+	Setup string `yaml:"setup"`
 }
 
 // Section is the rules for the objects one migration creates.
