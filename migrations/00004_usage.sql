@@ -324,8 +324,9 @@ $$;
 REVOKE EXECUTE ON FUNCTION public.usage_insert_event(text, text, uuid, uuid, timestamptz, bigint, bigint, bigint,
   bigint, bigint, bigint, bigint, uuid, uuid, jsonb) FROM PUBLIC, anon, authenticated;
 
--- Limits of a plan against totals: one element per metric with a limit,
--- {metric, used, limit, after} where after = used + requested.
+-- A plan's limits next to the given totals: always four rows (metric
+-- shell_files, pages, ai_tokens, storage), each with the used amount and the
+-- plan's limit_value (NULL = unlimited). Callers filter and compare.
 -- +goose StatementBegin
 CREATE FUNCTION public.usage_metrics(p_plan public.subscription_plans, p_shell_files bigint, p_pages bigint,
   p_ai_tokens bigint, p_storage_bytes bigint) RETURNS TABLE(metric text, used bigint, limit_value bigint)
@@ -502,7 +503,12 @@ BEGIN
       MESSAGE = pg_catalog.format('profile %s not found', p_profile_id),
       HINT = 'pass a user_profiles id (not an account id)';
   END IF;
-  SELECT sf.patient_id, sf.status, sf.page_count INTO v_file FROM public.shell_files sf WHERE sf.id = p_shell_file_id;
+  -- FOR SHARE: a concurrent DELETE or status change of the file waits until
+  -- this transaction ends, so its usage_shell_file_storage trigger sees the
+  -- usage_storage_files row written here and releases the bytes; a delete
+  -- that committed first leaves no row (not found below).
+  SELECT sf.patient_id, sf.status, sf.page_count INTO v_file FROM public.shell_files sf WHERE sf.id = p_shell_file_id
+    FOR SHARE;
   IF NOT FOUND THEN
     RAISE EXCEPTION USING ERRCODE = '22023',
       MESSAGE = pg_catalog.format('shell file %s not found', p_shell_file_id),
@@ -569,7 +575,10 @@ GRANT EXECUTE ON FUNCTION public.track_shell_file_upload_usage(uuid, uuid, bigin
 -- seconds). Idempotent per job (key 'ai:<job_id>'). The work is already done,
 -- so it is always recorded (limits are enforced when the job is enqueued);
 -- over_limit is reported. No foreign key to job_queue: jobs are archived and
--- purged.
+-- purged. A job found in job_queue or job_queue_archive must belong to the
+-- profile (its patient_id, or when that is NULL its payload's patient_id),
+-- else 22023; a job id found in neither (purged, or an external caller's own
+-- id) is accepted.
 -- +goose StatementBegin
 CREATE FUNCTION public.track_ai_processing_usage(
   p_profile_id uuid,
@@ -584,6 +593,8 @@ CREATE FUNCTION public.track_ai_processing_usage(
 DECLARE
   v_account uuid;
   v_key text := 'ai:' || p_job_id::text;
+  v_job record;
+  v_job_profile text;
   v_existing record;
   v_id bigint;
   v_period date := date_trunc('month', p_occurred_at AT TIME ZONE 'UTC')::date;
@@ -612,6 +623,21 @@ BEGIN
     RAISE EXCEPTION USING ERRCODE = '22023',
       MESSAGE = pg_catalog.format('profile %s not found', p_profile_id),
       HINT = 'pass a user_profiles id (not an account id)';
+  END IF;
+  SELECT j.patient_id, j.job_payload INTO v_job FROM public.job_queue_all j WHERE j.id = p_job_id LIMIT 1;
+  IF FOUND THEN
+    v_job_profile := coalesce(v_job.patient_id::text,
+      v_job.job_payload ->> 'patient_id');
+    IF v_job_profile IS NULL THEN
+      RAISE EXCEPTION USING ERRCODE = '22023',
+        MESSAGE = pg_catalog.format('job %s has no profile (no patient_id); its usage cannot be counted for profile %s',
+          p_job_id, p_profile_id);
+    END IF;
+    IF pg_catalog.lower(pg_catalog.btrim(v_job_profile)) IS DISTINCT FROM p_profile_id::text THEN
+      RAISE EXCEPTION USING ERRCODE = '22023',
+        MESSAGE = pg_catalog.format('job %s belongs to another profile than %s', p_job_id, p_profile_id),
+        HINT = 'pass the job''s own profile (job_queue patient_id)';
+    END IF;
   END IF;
   IF public.get_system_config('features.usage_tracking_enabled', 'true') <> 'true'::jsonb THEN
     RETURN pg_catalog.jsonb_build_object('recorded', false, 'duplicate', false, 'reason', 'usage_tracking_disabled');
@@ -947,7 +973,9 @@ REVOKE EXECUTE ON FUNCTION public.usage_limit_value(text, jsonb, boolean) FROM P
 -- upsert_subscription_plan: create (p_create) or update a plan from a JSON
 -- object of fields: display_name, monthly_shell_files_limit,
 -- monthly_pages_limit, monthly_ai_tokens_limit, storage_limit_bytes (null =
--- unlimited), price_cents, currency, tier_rank. Returns
+-- unlimited), price_cents, currency, tier_rank. Create requires price_cents
+-- and all four limits (22023 names the missing ones); update changes only the
+-- fields given. Returns
 -- {"plan", "old", "changed"}; audited (table subscription_plans).
 -- +goose StatementBegin
 CREATE FUNCTION public.upsert_subscription_plan(
@@ -967,6 +995,7 @@ DECLARE
   v_old public.subscription_plans;
   v_new public.subscription_plans;
   v_int_max bigint := 2147483647;
+  v_missing text[];
 BEGIN
   IF p_plan_key IS NULL OR p_plan_key !~ '^[a-z][a-z0-9_]{0,39}$' THEN
     RAISE EXCEPTION USING ERRCODE = '22023',
@@ -995,6 +1024,19 @@ BEGIN
   IF p_create THEN
     IF NOT (p_fields ? 'price_cents') THEN
       RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'price_cents is required to create a plan';
+    END IF;
+    -- Every limit must be given on create; JSON null means unlimited, so an
+    -- omitted limit never becomes unlimited by accident.
+    SELECT pg_catalog.array_agg(k ORDER BY o) INTO v_missing
+      FROM pg_catalog.unnest(ARRAY['monthly_shell_files_limit', 'monthly_pages_limit', 'monthly_ai_tokens_limit',
+                                   'storage_limit_bytes']) WITH ORDINALITY AS l(k, o)
+      WHERE NOT (p_fields ? k);
+    IF v_missing IS NOT NULL THEN
+      RAISE EXCEPTION USING ERRCODE = '22023',
+        MESSAGE = pg_catalog.format('missing plan limit%s %s: every limit is required to create a plan',
+          CASE WHEN pg_catalog.cardinality(v_missing) > 1 THEN 's' ELSE '' END,
+          pg_catalog.array_to_string(v_missing, ', ')),
+        HINT = 'give each limit as a non-negative integer, or null for unlimited';
     END IF;
     v_new.plan_key := p_plan_key;
     v_new.display_name := coalesce(p_fields ->> 'display_name', pg_catalog.initcap(pg_catalog.replace(p_plan_key, '_', ' ')));

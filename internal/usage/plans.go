@@ -308,16 +308,54 @@ func ParseLimit(s string) (Limit, error) {
 }
 
 func parseCount(s string) (int64, error) {
-	s = strings.NewReplacer("_", "", ",", "").Replace(s)
+	s, ok := stripThousands(s)
+	if !ok {
+		return 0, errors.New("not a count")
+	}
+	s = strings.ReplaceAll(s, "_", "")
 	if s == "" || strings.HasPrefix(s, "-") || strings.HasPrefix(s, "+") {
 		return 0, errors.New("not a count")
 	}
 	return strconv.ParseInt(s, 10, 64)
 }
 
+// stripThousands removes comma thousands separators from a number. Commas
+// are only accepted in the integer part, in groups of three digits after a
+// first group of one to three ("1,048,576"); anything else ("1,5", "1,0000",
+// ",5", "1.5,0") reports false.
+func stripThousands(s string) (string, bool) {
+	if !strings.Contains(s, ",") {
+		return s, true
+	}
+	whole, frac, hasDot := strings.Cut(s, ".")
+	if hasDot && strings.Contains(frac, ",") {
+		return "", false
+	}
+	groups := strings.Split(whole, ",")
+	for i, g := range groups {
+		if !allDigits(g) || len(g) > 3 || (i > 0 && len(g) != 3) {
+			return "", false
+		}
+	}
+	return strings.Join(groups, "") + strings.TrimPrefix(s, whole), true
+}
+
+// allDigits reports whether s is a non-empty string of ASCII digits.
+func allDigits(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
 // ParseStorageMB parses a storage limit given in MB (1 MB = 1,048,576
-// bytes): a non-negative decimal with at most 6 decimals whose byte value
-// is whole, or unlimited.
+// bytes): a non-negative decimal whose byte value is whole, or unlimited.
+// Commas are only thousands separators ("1,000"); "1,5" is refused.
 func ParseStorageMB(s string) (Limit, error) {
 	l, err := ParseLimit(s)
 	if err == nil {
@@ -329,7 +367,11 @@ func ParseStorageMB(s string) (Limit, error) {
 		}
 		return l, nil
 	}
-	r, ok := new(big.Rat).SetString(strings.TrimSpace(s))
+	v, ok := stripThousands(strings.TrimSpace(s))
+	var r *big.Rat
+	if ok {
+		r, ok = new(big.Rat).SetString(v)
+	}
 	if !ok || r.Sign() < 0 {
 		return Limit{}, fmt.Errorf("invalid storage %q: use megabytes (1 MB = 1,048,576 bytes) as a number >= 0, or unlimited", s)
 	}
@@ -341,18 +383,16 @@ func ParseStorageMB(s string) (Limit, error) {
 }
 
 // ParsePriceCents parses a price such as 9.99, 29, 0.5 or $9.99 into exact
-// cents; more than two decimals is refused.
+// cents: digits, optionally a dot and one or two digits; anything else
+// (signs, separators, more decimals) is refused.
 func ParsePriceCents(s string) (int64, error) {
 	v := strings.TrimPrefix(strings.TrimSpace(s), "$")
 	bad := fmt.Errorf("invalid price %q: use an amount with at most two decimals, e.g. 9.99", s)
-	if v == "" || strings.HasPrefix(v, "-") || strings.HasPrefix(v, "+") {
-		return 0, bad
-	}
 	whole, frac, hasDot := strings.Cut(v, ".")
-	if whole == "" {
+	if whole == "" && hasDot {
 		whole = "0"
 	}
-	if hasDot && (len(frac) == 0 || len(frac) > 2) {
+	if !allDigits(whole) || (hasDot && (len(frac) > 2 || !allDigits(frac))) {
 		return 0, bad
 	}
 	for len(frac) < 2 {

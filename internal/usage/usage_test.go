@@ -217,11 +217,13 @@ func TestPeriodBoundary(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Exec(ctx, `RESET TimeZone`)
-	files := newFiles(t, pool, self, 2, 100)
-	if _, err := usage.TrackUpload(ctx, conn, self, files[0], 100, 1, before); err != nil {
+	// 1 MiB before the boundary, 2 MiB after: the level is 3 MB exactly.
+	jan := newFile(t, pool, self, usage.BytesPerMB)
+	feb := newFile(t, pool, self, 2*usage.BytesPerMB)
+	if _, err := usage.TrackUpload(ctx, conn, self, jan, usage.BytesPerMB, 1, before); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := usage.TrackUpload(ctx, conn, self, files[1], 100, 2, after); err != nil {
+	if _, err := usage.TrackUpload(ctx, conn, self, feb, 2*usage.BytesPerMB, 2, after); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := usage.TrackAI(ctx, conn, self, newUUID(), 10, 1, before); err != nil {
@@ -233,11 +235,12 @@ func TestPeriodBoundary(t *testing.T) {
 	for _, c := range []struct {
 		at                   time.Time
 		files, pages, tokens int64
+		uploaded             int64
 		start, end           string
 	}{
-		{before, 1, 1, 10, "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"},
-		{after, 1, 2, 20, "2026-02-01T00:00:00Z", "2026-03-01T00:00:00Z"},
-		{time.Date(2026, 3, 15, 0, 0, 0, 0, time.UTC), 0, 0, 0, "2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z"},
+		{before, 1, 1, 10, usage.BytesPerMB, "2026-01-01T00:00:00Z", "2026-02-01T00:00:00Z"},
+		{after, 1, 2, 20, 2 * usage.BytesPerMB, "2026-02-01T00:00:00Z", "2026-03-01T00:00:00Z"},
+		{time.Date(2026, 3, 15, 0, 0, 0, 0, time.UTC), 0, 0, 0, 0, "2026-03-01T00:00:00Z", "2026-04-01T00:00:00Z"},
 	} {
 		at := c.at
 		st, err := usage.ProfileStatus(ctx, conn, self, &at)
@@ -248,9 +251,14 @@ func TestPeriodBoundary(t *testing.T) {
 			st.CurrentPeriod.Start != c.start || st.CurrentPeriod.End != c.end {
 			t.Errorf("at %s: %+v %+v", c.at, st.CurrentPeriod, st.Usage)
 		}
-		// Storage is a level: both files are still stored in March.
-		if st.Usage.Storage.UsedMB != 0 || count(t, pool, `SELECT storage_bytes FROM public.usage_storage WHERE profile_id = $1::uuid`, self) != 200 {
-			t.Errorf("storage level: %+v", st.Usage.Storage)
+		// Storage is a level (both files are still stored, whatever the
+		// period asked for); the bytes uploaded are a monthly flow.
+		if st.Usage.Storage.UsedMB != 3 || count(t, pool, `SELECT storage_bytes FROM public.usage_storage WHERE profile_id = $1::uuid`, self) != 3*usage.BytesPerMB {
+			t.Errorf("at %s: storage level %+v, want 3 MB", c.at, st.Usage.Storage)
+		}
+		if got := count(t, pool, `SELECT coalesce(sum(bytes_uploaded), 0) FROM public.usage_monthly
+			WHERE profile_id = $1::uuid AND period_start = date_trunc('month', $2::timestamptz AT TIME ZONE 'UTC')::date`, self, c.at); got != c.uploaded {
+			t.Errorf("at %s: %d bytes uploaded, want %d", c.at, got, c.uploaded)
 		}
 	}
 	if got := count(t, pool, `SELECT count(DISTINCT period_start) FROM public.usage_monthly WHERE account_id = $1::uuid`, account); got != 2 {
