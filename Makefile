@@ -32,8 +32,9 @@ bench: ## v3ctl vs River on one private PostgreSQL in one run, next to the physi
 test-short: ## quick subset (skips server start/stop tests)
 	$(GO) test -short ./...
 
-lint: ## go vet and a gofmt check
+lint: ## go vet (the bench/ module too) and a gofmt check
 	$(GO) vet ./...
+	cd bench && $(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 demo: build ## the main job: dev PostgreSQL, schema, demo data, a worker running a batch of jobs, stats

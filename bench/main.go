@@ -38,7 +38,7 @@ type options struct {
 	updateConns                    int
 	updateFor                      time.Duration
 	fast, keep, large, jsonOut     bool
-	stats                          bool
+	stats, statsNested             bool
 	cpuprofile                     string
 	riverCooldown, riverPoll       time.Duration
 	only                           string
@@ -59,6 +59,7 @@ func main() {
 	flag.BoolVar(&o.large, "large", false, "also measure claim latency at 1M pending jobs (takes a few minutes)")
 	flag.BoolVar(&o.jsonOut, "json", false, "print JSON instead of a table")
 	flag.BoolVar(&o.stats, "stats", true, "load pg_stat_statements (if installed) and print the top statements")
+	flag.BoolVar(&o.statsNested, "stats-nested", false, "also track statements inside functions (a profile; slows v3ctl's PL/pgSQL more than River)")
 	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (both systems' client side)")
 	flag.DurationVar(&o.riverCooldown, "river-fetch-cooldown", time.Millisecond, "River FetchCooldown (default 100ms in River)")
 	flag.DurationVar(&o.riverPoll, "river-fetch-poll", 50*time.Millisecond, "River FetchPollInterval (default 1s in River)")
@@ -163,7 +164,7 @@ func run(ctx context.Context, o options) error {
 	u := os.Getenv("V3CTL_BENCH_DATABASE_URL")
 	if u == "" {
 		logf("starting the private PostgreSQL (devdb instance \"bench\", durable=%v)", !o.fast)
-		st, stopServer, err := bench.StartServer(ctx, bench.ServerOptions{Name: "bench", Fast: o.fast, StatStatements: o.stats})
+		st, stopServer, err := bench.StartServer(ctx, bench.ServerOptions{Name: "bench", Fast: o.fast, StatStatements: o.stats, StatNested: o.statsNested})
 		if err != nil {
 			return err
 		}

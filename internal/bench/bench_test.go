@@ -26,7 +26,8 @@ func TestThrowaway(t *testing.T) {
 	ctx := context.Background()
 	for dsn, want := range map[string]bool{
 		"postgres://u@127.0.0.1:1/v3ctl_t_x":          true,
-		"postgres://u@db.example.com:5432/bench_run":  true,
+		"postgres://u@db.example.com:5432/bench_run":  false, // remote: needs --yes
+		"postgres://u@localhost:5432/bench_run":       true,
 		"postgres://u@db.example.com:5432/postgres":   false,
 		"postgres://u:pw@prod.example.com/v3":         false,
 		"host=10.0.0.1 port=5432 dbname=app user=x":   false,

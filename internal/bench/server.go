@@ -26,6 +26,10 @@ type ServerOptions struct {
 	// StatStatements loads pg_stat_statements when the contrib library is
 	// installed (see HasStatStatements).
 	StatStatements bool
+	// StatNested also tracks statements run inside functions
+	// (pg_stat_statements.track = all). It costs v3ctl's PL/pgSQL API more
+	// than River's plain SQL, so the default (top) keeps the comparison fair.
+	StatNested bool
 }
 
 // HasStatStatements reports whether pg_stat_statements.so is installed next
@@ -58,7 +62,10 @@ func StartServer(ctx context.Context, o ServerOptions) (st *devdb.State, stop fu
 		bindir, berr := devdb.FindBinDir()
 		if berr == nil && HasStatStatements(bindir) {
 			dopts.Settings["shared_preload_libraries"] = "'pg_stat_statements'"
-			dopts.Settings["pg_stat_statements.track"] = "all"
+			dopts.Settings["pg_stat_statements.track"] = "top"
+			if o.StatNested {
+				dopts.Settings["pg_stat_statements.track"] = "all"
+			}
 		}
 	}
 	if _, _, err := devdb.Down(ctx, dopts); err != nil {

@@ -18,11 +18,14 @@ func newBenchCmd(a *App) *cobra.Command {
 		Long: `bench runs v3ctl's own workloads against a database and prints what it measured.
 The workloads write and churn many rows (jobs, capacity slots, usage events),
 so bench refuses any database but a dev or throwaway one unless --yes: the
-private dev/bench/test instances (127.0.0.1 on their port) and databases whose
-name starts with v3ctl_ or bench are allowed.
+private dev/bench/test instances (127.0.0.1 on their port) and, on this
+machine, databases whose name starts with v3ctl_ or bench are allowed.
 
 Jobs it enqueues are of type system_maintenance with job_name "v3ctl-bench"
-(and are purged afterwards); nothing else in the queue is claimed.
+(and are purged afterwards); nothing else in the queue is claimed. What stays
+behind: "bench usage" adds accounts named v3ctl-bench-N@bench.invalid and
+their usage events (the ledger is append-only), "bench capacity" a
+v3ctl-bench/noop rate limit, and audit rows of every workload.
 
 The side-by-side comparison with River and the physical limit lives in the
 bench/ module: make bench.`,
