@@ -40,9 +40,15 @@ func TestThrowaway(t *testing.T) {
 }
 
 func TestDrainCompletesEveryJob(t *testing.T) {
+	for _, mode := range Modes {
+		t.Run(mode, func(t *testing.T) { testDrain(t, mode) })
+	}
+}
+
+func testDrain(t *testing.T, mode string) {
 	pool := testdb.New(t)
 	ctx := context.Background()
-	r, err := Drain(ctx, pool, DrainOptions{Jobs: 300, Workers: 4, Batch: 7})
+	r, err := Drain(ctx, pool, DrainOptions{Jobs: 300, Workers: 4, Batch: 7, Mode: mode})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,12 +92,14 @@ func TestDrainRefusesForeignJobs(t *testing.T) {
 func TestPickupAndClaimAtDepth(t *testing.T) {
 	pool := testdb.New(t)
 	ctx := context.Background()
-	l, err := Pickup(ctx, pool, PickupOptions{Samples: 20, Workers: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if l.Samples != 20 || l.P50 <= 0 {
-		t.Fatalf("pickup %+v", l)
+	for _, mode := range Modes {
+		l, err := Pickup(ctx, pool, PickupOptions{Samples: 20, Workers: 2, Mode: mode})
+		if err != nil {
+			t.Fatalf("%s: %v", mode, err)
+		}
+		if l.Samples != 20 || l.P50 <= 0 {
+			t.Fatalf("%s pickup %+v", mode, l)
+		}
 	}
 	c, err := ClaimAtDepth(ctx, pool, ClaimOptions{Pending: 2000, Samples: 30})
 	if err != nil {

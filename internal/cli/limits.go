@@ -462,7 +462,12 @@ func newLimitsResetCmd(a *App) *cobra.Command {
 		Long: `Forget every hold (calls in flight), every grant in the sliding window and
 any vendor block, for one provider/endpoint or all endpoints of a provider.
 Limits and refusal statistics are kept. Use it after an incident, e.g. when a
-crash left holds you know are dead and you cannot wait for their lease.`,
+crash left holds you know are dead and you cannot wait for their lease.
+
+Forgetting the window lets workers spend a full window's requests and tokens
+again at once: right after busy traffic that can exceed the vendor's own
+per-minute limit for up to one window and draw 429s. Dead holds alone also
+return by themselves within ratelimit.hold_seconds.`,
 		Example: `  v3ctl limits reset openai --yes
   v3ctl limits reset anthropic/claude-3 --reason "stuck after outage" --yes
   v3ctl limits reset google --dry-run -o json`,

@@ -540,3 +540,15 @@ FROM pg_stat_activity WHERE datname = current_database() AND backend_type = 'cli
   AND application_name <> 'v3ctl-faults'`).Scan(&n)
 	return n, err
 }
+
+// reclaims counts the RECLAIM audit rows of the run's jobs: jobs taken back
+// from a holder that stopped heartbeating.
+func (r *rig) reclaims() int {
+	r.t.Helper()
+	var n int
+	if err := r.pool.QueryRow(context.Background(), `SELECT count(*) FROM public.audit_log
+		WHERE table_name = 'job_queue' AND operation = 'RECLAIM' AND record_id = ANY ($1)`, r.jobIDs).Scan(&n); err != nil {
+		r.t.Fatal(err)
+	}
+	return n
+}

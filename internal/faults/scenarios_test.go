@@ -81,6 +81,9 @@ func killWorkers(t *testing.T, url string, sz size) {
 	if st.Kills == 0 {
 		t.Errorf("no worker was killed during the run: the scenario did not exercise anything")
 	}
+	if r.reclaims() == 0 {
+		t.Errorf("no job was reclaimed from a killed worker: the kills did not land on in-flight jobs")
+	}
 	logReport(t, "SIGKILL workers", st, fmt.Sprintf(", drained in %s", took.Round(time.Millisecond)))
 }
 
@@ -96,13 +99,16 @@ func restartPostgres(t *testing.T, sz size) {
 		r.startWorker(sz.Concurrency)
 	}
 	waitFinished(t, r, sz.Jobs/3, sz.Timeout)
+	fin, _, err := r.progress(ctx) // just before the crash
+	if err != nil {
+		t.Fatalf("progress before the restart: %v", err)
+	}
 	rctx, rcancel := context.WithTimeout(ctx, 2*time.Minute)
 	if _, err := devdb.Restart(rctx, o, "immediate"); err != nil {
 		rcancel()
 		t.Fatalf("restart PostgreSQL: %v", err)
 	}
 	rcancel()
-	fin, _, _ := r.progress(ctx)
 	took := r.waitDone(sz.Timeout)
 	st := r.verify()
 	if fin >= sz.Jobs {

@@ -185,3 +185,34 @@ func TestFailWithBinaryErrorText(t *testing.T) {
 		t.Fatalf("stored %q", last)
 	}
 }
+
+// CompleteMany commits all of its completions or none: one that the
+// database refuses (a result that is not JSON) rolls back the others.
+func TestCompleteManyIsAtomic(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	for i := 0; i < 3; i++ {
+		enqueue(t, pool, queue.EnqueueParams{Payload: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))})
+	}
+	js, err := queue.Claim(ctx, pool, "w1", nil, nil, 3)
+	if err != nil || len(js) != 3 {
+		t.Fatalf("claim: %d jobs, %v", len(js), err)
+	}
+	_, err = queue.CompleteMany(ctx, pool, []queue.Completion{
+		{Lease: js[0].Lease()},
+		{Lease: js[1].Lease(), Result: json.RawMessage(`{not json`)},
+		{Lease: js[2].Lease()},
+	})
+	if err == nil {
+		t.Fatal("want an error for the malformed result")
+	}
+	for _, j := range js {
+		if s := status(t, pool, j.ID); s != "processing" {
+			t.Fatalf("job %s is %s after a failed batch, want processing", j.ID, s)
+		}
+	}
+	ok, err := queue.CompleteMany(ctx, pool, []queue.Completion{{Lease: js[0].Lease()}, {Lease: js[1].Lease()}, {Lease: js[2].Lease()}})
+	if err != nil || !ok[0] || !ok[1] || !ok[2] {
+		t.Fatalf("retry: %v %v", ok, err)
+	}
+}
