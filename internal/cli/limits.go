@@ -1,16 +1,13 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
 	"sort"
 	"strconv"
 	"strings"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
 
-	"github.com/v3ctl/v3ctl/internal/db"
 	"github.com/v3ctl/v3ctl/internal/output"
 	"github.com/v3ctl/v3ctl/internal/ratelimit"
 )
@@ -35,22 +32,6 @@ retry-after. Changes are validated and audited. See docs/ratelimit.md.`,
 	}
 	cmd.AddCommand(newLimitsListCmd(a), newLimitsSetCmd(a), newLimitsAddCmd(a), newLimitsRemoveCmd(a), newLimitsResetCmd(a))
 	return cmd
-}
-
-// limitsErr maps validation errors raised by the SQL functions to exit 2
-// and connection failures to exit 9.
-func limitsErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	if db.IsInvalidInput(err) {
-		return &ExitErr{Code: ExitUsage, Err: err}
-	}
-	var ce *pgconn.ConnectError
-	if errors.As(err, &ce) {
-		return WithCode(ExitUnavailable, err)
-	}
-	return err
 }
 
 // limitTarget parses PROVIDER/ENDPOINT (or PROVIDER alone when allowed).
@@ -118,7 +99,7 @@ the last hour. A limit shown as "-" is not enforced.`,
 			}
 			st, err := ratelimit.List(c.Context(), pool, provider, endpoint)
 			if err != nil {
-				return limitsErr(err)
+				return sqlErr(err)
 			}
 			p := a.Printer()
 			rows := make([][]string, 0, len(st))
@@ -332,7 +313,7 @@ active; disabled (every acquire refused, reason "disabled"); maintenance
 			}
 			res, err := ratelimit.Set(c.Context(), pool, provider, endpoint, ch, a.Actor(), f.reason, f.dry)
 			if err != nil {
-				return limitsErr(err)
+				return sqlErr(err)
 			}
 			if p := a.Printer(); p.Structured() {
 				return p.Print(res, nil, nil)
@@ -388,7 +369,7 @@ func newLimitsAddCmd(a *App) *cobra.Command {
 			}
 			res, err := ratelimit.Add(c.Context(), pool, cfg, a.Actor(), f.reason, f.dry)
 			if err != nil {
-				return limitsErr(err)
+				return sqlErr(err)
 			}
 			if p := a.Printer(); p.Structured() {
 				return p.Print(res, nil, nil)
@@ -435,7 +416,7 @@ asking for it afterwards get an "unknown provider/endpoint" error: disable it
 			}
 			res, err := ratelimit.Remove(c.Context(), pool, provider, endpoint, a.Actor(), reason, dry)
 			if err != nil {
-				return limitsErr(err)
+				return sqlErr(err)
 			}
 			if p := a.Printer(); p.Structured() {
 				return p.Print(res, nil, nil)
@@ -489,7 +470,7 @@ return by themselves within ratelimit.hold_seconds.`,
 			}
 			res, err := ratelimit.Reset(c.Context(), pool, provider, endpoint, a.Actor(), reason, dry)
 			if err != nil {
-				return limitsErr(err)
+				return sqlErr(err)
 			}
 			if p := a.Printer(); p.Structured() {
 				return p.Print(res, nil, nil)
