@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/v3ctl/v3ctl/internal/bench"
@@ -108,10 +109,7 @@ func newBenchQueueCmd(a *App, guard benchGuard) *cobra.Command {
 			if err := oneOf("mode", o.Mode, bench.Modes); err != nil {
 				return err
 			}
-			if err := guard(c); err != nil {
-				return err
-			}
-			pool, err := a.DBConns(c.Context(), o.Workers+4)
+			pool, err := benchPool(a, c, guard, o.Workers+4)
 			if err != nil {
 				return err
 			}
@@ -147,10 +145,7 @@ func newBenchPickupCmd(a *App, guard benchGuard) *cobra.Command {
 			if err := oneOf("mode", o.Mode, bench.Modes); err != nil {
 				return err
 			}
-			if err := guard(c); err != nil {
-				return err
-			}
-			pool, err := a.DBConns(c.Context(), o.Workers+4)
+			pool, err := benchPool(a, c, guard, o.Workers+4)
 			if err != nil {
 				return err
 			}
@@ -197,10 +192,7 @@ claims followed by their completion. A claim must cost the same whether 10k or
 					return err
 				}
 			}
-			if err := guard(c); err != nil {
-				return err
-			}
-			pool, err := a.DBConns(c.Context(), 4)
+			pool, err := benchPool(a, c, guard, 4)
 			if err != nil {
 				return err
 			}
@@ -238,10 +230,7 @@ func newBenchCapacityCmd(a *App, guard benchGuard) *cobra.Command {
 			if o.Duration <= 0 {
 				return UsageErrorf("--duration must be positive, got %s", o.Duration)
 			}
-			if err := guard(c); err != nil {
-				return err
-			}
-			pool, err := a.DBConns(c.Context(), o.Callers+4)
+			pool, err := benchPool(a, c, guard, o.Callers+4)
 			if err != nil {
 				return err
 			}
@@ -272,10 +261,7 @@ func newBenchUsageCmd(a *App, guard benchGuard) *cobra.Command {
 			if err := positive("workers", o.Workers); err != nil {
 				return err
 			}
-			if err := guard(c); err != nil {
-				return err
-			}
-			pool, err := a.DBConns(c.Context(), o.Workers+4)
+			pool, err := benchPool(a, c, guard, o.Workers+4)
 			if err != nil {
 				return err
 			}
@@ -303,10 +289,7 @@ func newBenchPhysicalCmd(a *App, guard benchGuard) *cobra.Command {
 			if err := positive("conns", o.Conns); err != nil {
 				return err
 			}
-			if err := guard(c); err != nil {
-				return err
-			}
-			pool, err := a.DBConns(c.Context(), o.Conns+4)
+			pool, err := benchPool(a, c, guard, o.Conns+4)
 			if err != nil {
 				return err
 			}
@@ -320,4 +303,13 @@ func newBenchPhysicalCmd(a *App, guard benchGuard) *cobra.Command {
 	c.Flags().IntVar(&o.Conns, "conns", 16, "connections updating at once")
 	c.Flags().DurationVar(&o.Duration, "duration", 3*time.Second, "how long to run")
 	return c
+}
+
+// benchPool refuses a database that is not a dev or throwaway one (unless
+// --yes) and opens a pool of at least conns connections.
+func benchPool(a *App, c *cobra.Command, guard benchGuard, conns int) (*pgxpool.Pool, error) {
+	if err := guard(c); err != nil {
+		return nil, err
+	}
+	return a.DBConns(c.Context(), conns)
 }
