@@ -325,6 +325,44 @@ func TestLeaseLossCancelsHandler(t *testing.T) {
 	}
 }
 
+// TestReclaimedJobClaimedAgainBySameWorker: a job whose lease was reclaimed
+// while its handler still ran is claimed again by the same worker. The old
+// run is cancelled as lost (its result discarded), the new run completes the
+// job, and the worker's bookkeeping ends with nothing in flight.
+func TestReclaimedJobClaimedAgainBySameWorker(t *testing.T) {
+	e := newEnv(t)
+	var runs atomic.Int64
+	firstCause := make(chan error, 1)
+	h := handlers.Func(func(ctx context.Context, j handlers.Job) (handlers.Result, error) {
+		if runs.Add(1) == 1 {
+			<-ctx.Done() // the first run blocks until it is cancelled
+			firstCause <- context.Cause(ctx)
+			return handlers.Result{Output: json.RawMessage(`{"run":1}`)}, nil // must be discarded
+		}
+		return handlers.Result{Output: json.RawMessage(`{"run":2}`)}, nil
+	})
+	id := e.enqueue("report_generation", `{"n":1}`)
+	// No heartbeat during the test: only the second claim can notice.
+	r := e.start(Config{Concurrency: 2, HeartbeatInterval: time.Hour, ReclaimInterval: -1}, map[string]handlers.Handler{"report_generation": h})
+	waitFor(t, "first run", func() bool { return runs.Load() == 1 })
+	e.exec(`UPDATE public.job_queue SET heartbeat_at = now() - interval '1 day' WHERE id = $1`, id)
+	e.exec(`SELECT public.reclaim_timed_out_jobs()`)
+	select {
+	case c := <-firstCause:
+		if !errors.Is(c, ErrLeaseLost) {
+			t.Fatalf("first run cancelled with %v, want ErrLeaseLost", c)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first run was not cancelled when the job was claimed again")
+	}
+	waitFor(t, "completion", func() bool { return e.job(id).Status == "completed" })
+	if j := e.job(id); string(j.Result) != `{"run": 2}` || e.auditCount(id, "COMPLETE") != 1 {
+		t.Fatalf("job %+v, %d COMPLETE rows", j, e.auditCount(id, "COMPLETE"))
+	}
+	waitFor(t, "nothing in flight", func() bool { return r.w.inFlight() == 0 })
+	r.stop(t)
+}
+
 // TestDrainReleases: on stop, a short job finishes within the grace
 // period; a long one is cancelled and handed back without consuming an
 // attempt.
