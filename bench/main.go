@@ -305,7 +305,7 @@ func printReport(r Report) {
 		fmt.Fprintf(w, "DRAIN (jobs/s, median of %d)\tJOBS/S\tV3CTL/RIVER\n", len(d.RiverRounds))
 		fmt.Fprintf(w, "River (MaxWorkers %d)\t%.0f\t\n", m.Workers, d.River.PerSecond)
 		fmt.Fprintf(w, "v3ctl worker loop (%d slots)\t%.0f\t%s\n", m.Workers, d.V3Worker.PerSecond, ratio(d.V3Worker.PerSecond, d.River.PerSecond))
-		fmt.Fprintf(w, "v3ctl claim batch %d + pipelined complete (%d loops)\t%.0f\t%s\n", d.Batch, m.Workers, d.V3Batch.PerSecond, ratio(d.V3Batch.PerSecond, d.River.PerSecond))
+		fmt.Fprintf(w, "v3ctl claim batch %d + batch complete (%d loops)\t%.0f\t%s\n", d.Batch, m.Workers, d.V3Batch.PerSecond, ratio(d.V3Batch.PerSecond, d.River.PerSecond))
 		if ph := r.Physical; ph != nil && ph.PerSecond > 0 {
 			fmt.Fprintf(w, "physical limit: single-row UPDATE commits/s (%d conns, synchronous_commit=%s)\t%.0f\t\n", ph.Concurrent, ph.SynchronousCommit, ph.PerSecond)
 		}

@@ -691,6 +691,71 @@ $$;
 REVOKE EXECUTE ON FUNCTION public.complete_job(uuid, text, jsonb, uuid) FROM PUBLIC, anon, authenticated;
 GRANT EXECUTE ON FUNCTION public.complete_job(uuid, text, jsonb, uuid) TO service_role;
 
+-- complete_jobs_v3: complete_job for several jobs of one worker in one call,
+-- set-based (one DELETE, one archive INSERT, one audit INSERT for all of
+-- them). Each job is fenced by its own lease token; the ids returned are the
+-- jobs completed, any other was no longer held (lease lost) and is untouched.
+-- Same rows, audit entries and capacity release as complete_job.
+-- +goose StatementBegin
+CREATE FUNCTION public.complete_jobs_v3(p_worker_id text, p_job_ids uuid[], p_lease_tokens uuid[],
+                                        p_results jsonb[] DEFAULT NULL)
+  RETURNS SETOF uuid
+  LANGUAGE plpgsql SECURITY DEFINER
+  SET search_path = ''
+  AS $$
+DECLARE
+  v_n integer := pg_catalog.cardinality(p_job_ids);
+  v_done uuid[];
+BEGIN
+  PERFORM public.job_queue_check_worker(p_worker_id);
+  IF v_n IS NULL OR v_n NOT BETWEEN 1 AND 1000 THEN
+    RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'complete_jobs_v3: give 1 to 1000 job ids';
+  END IF;
+  IF pg_catalog.cardinality(p_lease_tokens) IS DISTINCT FROM v_n
+     OR (p_results IS NOT NULL AND pg_catalog.cardinality(p_results) <> v_n) THEN
+    RAISE EXCEPTION USING ERRCODE = '22023',
+      MESSAGE = 'complete_jobs_v3: job ids, lease tokens and results must be arrays of the same length';
+  END IF;
+  IF EXISTS (SELECT 1 FROM ROWS FROM (pg_catalog.unnest(p_job_ids), pg_catalog.unnest(p_lease_tokens)) t(i, k)
+             WHERE t.i IS NULL OR t.k IS NULL) THEN
+    RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'complete_jobs_v3: job ids and lease tokens must not be NULL';
+  END IF;
+
+  WITH input AS (
+    SELECT t.i AS id, t.k AS tok, t.res
+    FROM ROWS FROM (pg_catalog.unnest(p_job_ids), pg_catalog.unnest(p_lease_tokens),
+                    pg_catalog.unnest(coalesce(p_results, pg_catalog.array_fill(NULL::jsonb, ARRAY[v_n])))) t(i, k, res)
+  ), del AS (
+    DELETE FROM public.job_queue q USING input i
+    WHERE q.id = i.id AND q.status = 'processing' AND q.worker_id = p_worker_id AND q.lease_token = i.tok
+    RETURNING q AS job, i.res
+  ), fin AS (
+    SELECT pg_catalog.jsonb_populate_record(d.job, pg_catalog.jsonb_build_object(
+             'status', 'completed', 'job_result', d.res, 'completed_at', pg_catalog.now(),
+             'updated_at', pg_catalog.now(), 'lease_token', NULL)) AS job
+    FROM del d
+  ), arch AS (
+    INSERT INTO public.job_queue_archive SELECT (f.job).* FROM fin f RETURNING id
+  ), aud AS (
+    INSERT INTO public.audit_log (table_name, record_id, operation, old_values, new_values,
+                                  changed_by, compliance_category, patient_id, correlation_id, job_id)
+    SELECT 'job_queue', (f.job).id::text, 'COMPLETE', '{"status": "processing"}'::jsonb,
+           pg_catalog.jsonb_build_object('status', (f.job).status, 'job_type', (f.job).job_type,
+             'job_lane', (f.job).job_lane, 'retry_count', (f.job).retry_count, 'worker_id', (f.job).worker_id,
+             'attempt', (f.job).retry_count + 1),
+           p_worker_id, 'job_processing', (f.job).patient_id, (f.job).correlation_id, (f.job).id
+    FROM fin f
+  )
+  SELECT pg_catalog.array_agg(a.id) INTO v_done FROM arch a;
+
+  PERFORM public.release_job_capacity(x) FROM pg_catalog.unnest(v_done) x;
+  RETURN QUERY SELECT x FROM pg_catalog.unnest(v_done) x;
+END
+$$;
+-- +goose StatementEnd
+REVOKE EXECUTE ON FUNCTION public.complete_jobs_v3(text, uuid[], uuid[], jsonb[]) FROM PUBLIC, anon, authenticated;
+GRANT EXECUTE ON FUNCTION public.complete_jobs_v3(text, uuid[], uuid[], jsonb[]) TO service_role;
+
 -- job_queue_backoff: seconds to wait before attempt n+1 after n consumed
 -- attempts: d = min(base * 2^(n-1), max); a random value in [d/2, d].
 -- +goose StatementBegin
@@ -1166,6 +1231,7 @@ DROP FUNCTION IF EXISTS public.reschedule_job(uuid, integer, text, boolean, text
 DROP FUNCTION IF EXISTS public.fail_job(uuid, text, text, boolean, uuid);
 DROP FUNCTION IF EXISTS public.job_queue_add_error(jsonb, jsonb);
 DROP FUNCTION IF EXISTS public.job_queue_backoff(integer);
+DROP FUNCTION IF EXISTS public.complete_jobs_v3(text, uuid[], uuid[], jsonb[]);
 DROP FUNCTION IF EXISTS public.complete_job(uuid, text, jsonb, uuid);
 DROP FUNCTION IF EXISTS public.heartbeat_jobs_v3(text, uuid[], uuid[]);
 DROP FUNCTION IF EXISTS public.update_job_heartbeat(uuid, text, uuid);

@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/v3ctl/v3ctl/internal/queue"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -140,26 +142,21 @@ func claim(ctx context.Context, q interface {
 	})
 }
 
-// completeAll completes the jobs in one pipelined round trip (one implicit
-// transaction) and returns how many complete_job calls returned true.
+// completeAll completes the jobs with queue.CompleteMany (complete_jobs_v3:
+// one set-based call, one transaction) and returns how many were completed.
 func completeAll(ctx context.Context, conn *pgxpool.Conn, worker string, jobs []claimed) (int, error) {
-	b := &pgx.Batch{}
-	for _, j := range jobs {
-		b.Queue(`SELECT public.complete_job($1::uuid, $2, NULL, $3::uuid)`, j.ID, worker, j.Token)
+	cs := make([]queue.Completion, len(jobs))
+	for i, j := range jobs {
+		cs[i] = queue.Completion{Lease: queue.Lease{JobID: j.ID, WorkerID: worker, Token: j.Token}}
 	}
-	br := conn.SendBatch(ctx, b)
-	ok := 0
-	for range jobs {
-		var done bool
-		if err := br.QueryRow().Scan(&done); err != nil {
-			br.Close()
-			return ok, err
-		}
-		if done {
-			ok++
+	oks, err := queue.CompleteMany(ctx, conn, cs)
+	n := 0
+	for _, ok := range oks {
+		if ok {
+			n++
 		}
 	}
-	return ok, br.Close()
+	return n, err
 }
 
 func workerID(i int) string { return fmt.Sprintf("bench-%d-%d", os.Getpid(), i) }
@@ -229,7 +226,7 @@ func Drain(ctx context.Context, pool *pgxpool.Pool, o DrainOptions) (DrainResult
 	if got := done.Load(); got != int64(o.Jobs) {
 		return DrainResult{}, fmt.Errorf("drain: %d of %d jobs completed", got, o.Jobs)
 	}
-	res := DrainResult{Rate: NewRate(o.Jobs, elapsed, o.Workers), Mode: fmt.Sprintf("claim batch %d + pipelined complete", o.Batch)}
+	res := DrainResult{Rate: NewRate(o.Jobs, elapsed, o.Workers), Mode: fmt.Sprintf("claim batch %d + batch complete", o.Batch)}
 	return res, Reset(ctx, pool)
 }
 

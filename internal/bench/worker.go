@@ -21,7 +21,7 @@ const (
 	// ModeWorker runs the real worker loop (internal/worker, what
 	// `v3ctl worker run` runs) in-process with a no-op Go handler.
 	ModeWorker = "worker"
-	// ModeBatch runs bare claim-batch / no-op / pipelined-complete loops on
+	// ModeBatch runs bare claim-batch / no-op / batch-complete loops on
 	// the SQL API: what the queue functions allow, without the worker's
 	// per-job transaction, heartbeats and bookkeeping.
 	ModeBatch = "batch"

@@ -123,7 +123,7 @@ func newBenchQueueCmd(a *App, guard benchGuard) *cobra.Command {
 	}
 	c.Flags().IntVar(&o.Jobs, "jobs", 20000, "jobs to pre-insert and drain")
 	c.Flags().IntVar(&o.Workers, "workers", 16, "concurrent handlers")
-	c.Flags().StringVar(&o.Mode, "mode", bench.ModeWorker, "worker: the real worker loop (as v3ctl worker run); batch: bare claim-batch + pipelined complete loops")
+	c.Flags().StringVar(&o.Mode, "mode", bench.ModeWorker, "worker: the real worker loop (as v3ctl worker run); batch: bare claim-batch + batch-complete loops")
 	c.Flags().IntVar(&o.Batch, "batch", 8, "jobs per claim in --mode batch")
 	return c
 }

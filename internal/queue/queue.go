@@ -420,13 +420,17 @@ type Batcher interface {
 	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
 }
 
-// CompleteMany completes several jobs in one round trip: the complete_job
-// calls are pipelined and run in one implicit transaction, so they commit
-// together (one WAL flush) or not at all. ok[i] is complete_job's answer for
-// cs[i] (false: that lease was lost). On error nothing was committed unless
-// the connection failed after the commit; a retry is safe either way because
-// complete_job is fenced by the lease token.
+// CompleteMany completes several jobs in one round trip and one implicit
+// transaction, so they commit together (one WAL flush) or not at all: one
+// set-based complete_jobs_v3 call per worker id when every lease has a token,
+// else pipelined complete_job calls. ok[i] tells whether cs[i] was completed
+// (false: that lease was lost). On error nothing was committed unless the
+// connection failed after the commit; a retry is safe either way because
+// completion is fenced by the lease token.
 func CompleteMany(ctx context.Context, q Batcher, cs []Completion) (ok []bool, err error) {
+	if len(cs) > 1 && len(cs) <= 1000 && allTokens(cs) {
+		return completeSet(ctx, q, cs)
+	}
 	b := &pgx.Batch{}
 	for _, c := range cs {
 		var res any
@@ -460,4 +464,67 @@ func CleanText(s string) string {
 		s = strings.ReplaceAll(s, "\x00", "")
 	}
 	return strings.ToValidUTF8(s, "\uFFFD")
+}
+
+func allTokens(cs []Completion) bool {
+	for _, c := range cs {
+		if c.Lease.Token == "" {
+			return false
+		}
+	}
+	return true
+}
+
+// completeSet completes jobs of one worker with one complete_jobs_v3 call
+// per worker id (set-based: one archive insert and one audit insert for all
+// of them), in one implicit transaction.
+func completeSet(ctx context.Context, q Batcher, cs []Completion) ([]bool, error) {
+	type group struct {
+		idx            []int
+		ids, toks, res []any
+	}
+	var order []string
+	groups := map[string]*group{}
+	for i, c := range cs {
+		g := groups[c.Lease.WorkerID]
+		if g == nil {
+			g = &group{}
+			groups[c.Lease.WorkerID] = g
+			order = append(order, c.Lease.WorkerID)
+		}
+		var res any
+		if c.Result != nil {
+			res = string(c.Result)
+		}
+		g.idx = append(g.idx, i)
+		g.ids = append(g.ids, c.Lease.JobID)
+		g.toks = append(g.toks, c.Lease.Token)
+		g.res = append(g.res, res)
+	}
+	b := &pgx.Batch{}
+	for _, w := range order {
+		g := groups[w]
+		b.Queue(`SELECT pg_catalog.array_agg(x)::text[] FROM public.complete_jobs_v3($1, $2::uuid[], $3::uuid[], $4::jsonb[]) x`,
+			w, g.ids, g.toks, g.res)
+	}
+	br := q.SendBatch(ctx, b)
+	ok := make([]bool, len(cs))
+	for _, w := range order {
+		var done []string
+		if err := br.QueryRow().Scan(&done); err != nil {
+			br.Close()
+			return nil, db.Explain(err)
+		}
+		set := make(map[string]bool, len(done))
+		for _, id := range done {
+			set[id] = true
+		}
+		for _, i := range groups[w].idx {
+			ok[i] = set[cs[i].Lease.JobID]
+		}
+	}
+	if err := br.Close(); err != nil {
+		return nil, db.Explain(err)
+	}
+	return ok, nil
 }

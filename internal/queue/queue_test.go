@@ -159,6 +159,18 @@ func TestCompleteManyFencesEachJob(t *testing.T) {
 	if err := pool.QueryRow(ctx, `SELECT job_result::text FROM job_queue_all WHERE id = $1`, js[0].ID).Scan(&res); err != nil || res != `{"n": 0}` {
 		t.Fatalf("result %q %v", res, err)
 	}
+	// The same archive rows and audit trail as complete_job leaves.
+	if n := count(t, pool, `SELECT count(*) FROM job_queue_archive WHERE id = ANY ($1::uuid[]) AND status = 'completed'
+		AND lease_token IS NULL AND completed_at IS NOT NULL AND worker_id = 'w1'`, []string{js[0].ID, js[1].ID}); n != 2 {
+		t.Fatalf("%d archived completed rows, want 2", n)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM audit_log WHERE job_id = ANY ($1::uuid[]) AND operation = 'COMPLETE'
+		AND changed_by = 'w1' AND new_values->>'attempt' = '1' AND new_values->>'status' = 'completed'`, []string{js[0].ID, js[1].ID}); n != 2 {
+		t.Fatalf("%d COMPLETE audit rows, want 2", n)
+	}
+	if n := count(t, pool, `SELECT count(*) FROM job_queue WHERE id = ANY ($1::uuid[])`, []string{js[0].ID, js[1].ID}); n != 0 {
+		t.Fatalf("%d completed jobs still in job_queue", n)
+	}
 	// A second call with the same leases changes nothing.
 	ok, err = queue.CompleteMany(ctx, pool, cs[:2])
 	if err != nil || ok[0] || ok[1] {
@@ -214,5 +226,30 @@ func TestCompleteManyIsAtomic(t *testing.T) {
 	ok, err := queue.CompleteMany(ctx, pool, []queue.Completion{{Lease: js[0].Lease()}, {Lease: js[1].Lease()}, {Lease: js[2].Lease()}})
 	if err != nil || !ok[0] || !ok[1] || !ok[2] {
 		t.Fatalf("retry: %v %v", ok, err)
+	}
+}
+
+// complete_jobs_v3 refuses malformed input with 22023 and changes nothing.
+func TestCompleteJobsV3Validation(t *testing.T) {
+	t.Parallel()
+	pool := testdb.New(t)
+	enqueue(t, pool, queue.EnqueueParams{})
+	j := claimOne(t, pool, "w1")
+	for name, args := range map[string][]any{
+		"no ids":           {"w1", []string{}, []string{}, nil},
+		"lengths differ":   {"w1", []string{j.ID}, []string{j.LeaseToken, j.LeaseToken}, nil},
+		"results differ":   {"w1", []string{j.ID}, []string{j.LeaseToken}, []any{nil, nil}},
+		"null token":       {"w1", []string{j.ID}, []any{nil}, nil},
+		"empty worker id":  {"", []string{j.ID}, []string{j.LeaseToken}, nil},
+		"null ids array":   {"w1", nil, []string{j.LeaseToken}, nil},
+		"null token array": {"w1", []string{j.ID}, nil, nil},
+	} {
+		_, err := pool.Exec(ctx, `SELECT public.complete_jobs_v3($1, $2::uuid[], $3::uuid[], $4::jsonb[])`, args...)
+		if !db.IsInvalidInput(err) {
+			t.Errorf("%s: want 22023, got %v", name, err)
+		}
+	}
+	if s := status(t, pool, j.ID); s != "processing" {
+		t.Fatalf("job is %s after refused calls", s)
 	}
 }

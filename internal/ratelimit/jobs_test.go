@@ -2,6 +2,7 @@ package ratelimit_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -45,6 +46,22 @@ func TestJobTiedHoldEndsWithJob(t *testing.T) {
 	ends := map[string]func(j queue.Job) error{
 		"complete": func(j queue.Job) error {
 			_, err := queue.Complete(ctx, pool, j.Lease(), nil)
+			return err
+		},
+		"complete with others (complete_jobs_v3)": func(j queue.Job) error {
+			// Completed together with a job of its own worker that holds nothing.
+			if _, err := queue.Enqueue(ctx, pool, queue.EnqueueParams{JobType: "report_generation", JobName: "other",
+				Payload: []byte(`{"n":2}`)}); err != nil {
+				return err
+			}
+			others, err := queue.Claim(ctx, pool, j.Lease().WorkerID, []string{"report_generation"}, nil, 1)
+			if err != nil || len(others) != 1 {
+				return fmt.Errorf("claim the other job: %d, %v", len(others), err)
+			}
+			ok, err := queue.CompleteMany(ctx, pool, []queue.Completion{{Lease: j.Lease()}, {Lease: others[0].Lease()}})
+			if err == nil && (!ok[0] || !ok[1]) {
+				err = fmt.Errorf("complete_jobs_v3 answered %v", ok)
+			}
 			return err
 		},
 		"fail": func(j queue.Job) error {
