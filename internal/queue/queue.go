@@ -431,6 +431,13 @@ func CompleteMany(ctx context.Context, q Batcher, cs []Completion) (ok []bool, e
 	if len(cs) > 1 && len(cs) <= 1000 && allTokens(cs) {
 		return completeSet(ctx, q, cs)
 	}
+	return CompletePipelined(ctx, q, cs)
+}
+
+// CompletePipelined is CompleteMany with one complete_job call per job,
+// pipelined in one implicit transaction: for schemas without
+// complete_jobs_v3 and for leases without a token.
+func CompletePipelined(ctx context.Context, q Batcher, cs []Completion) (ok []bool, err error) {
 	b := &pgx.Batch{}
 	for _, c := range cs {
 		var res any

@@ -85,7 +85,11 @@ func (w *Worker) completeBatch(ctx context.Context, batch []*completion) {
 		}
 		var oks []bool
 		err := w.callDB(ctx, "complete batch", func(c context.Context) (e error) {
-			oks, e = queue.CompleteMany(c, w.pool, cs)
+			if w.hasCompleteSet {
+				oks, e = queue.CompleteMany(c, w.pool, cs)
+			} else {
+				oks, e = queue.CompletePipelined(c, w.pool, cs)
+			}
 			return e
 		})
 		if err == nil {

@@ -82,8 +82,11 @@ type Worker struct {
 	nCompleted, nRetrying, nFailed atomic.Int64
 	listening                      atomic.Bool
 	hasUsageFunc                   bool
-	metricsAddr                    string
-	ready                          chan struct{}
+	// hasCompleteSet: the schema has complete_jobs_v3 (else completions
+	// are pipelined complete_job calls).
+	hasCompleteSet bool
+	metricsAddr    string
+	ready          chan struct{}
 }
 
 // New checks the configuration and builds the handlers. pool may be nil
@@ -177,6 +180,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	w.hasCompleteSet = w.functionExists(ctx, "public.complete_jobs_v3(text,uuid[],uuid[],jsonb[])")
 	w.hasUsageFunc = w.functionExists(ctx, "public.track_ai_processing_usage(uuid,uuid,integer,integer,timestamptz)")
 	w.log.Info("worker started", slog.Int("concurrency", w.cfg.Concurrency), slog.Any("types", w.types),
 		slog.Any("lanes", w.cfg.Lanes), slog.Duration("heartbeat", w.heartbeat),

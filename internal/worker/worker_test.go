@@ -234,6 +234,35 @@ func TestOutcomes(t *testing.T) {
 
 // TestBatchClaimConcurrency: 40 jobs, concurrency 4: never more than 4 run
 // at once, every job runs and completes exactly once.
+// TestCompletesWithoutCompleteJobsV3: on a schema without complete_jobs_v3
+// (applied by an older release) completions fall back to complete_job
+// calls and every job still completes exactly once.
+func TestCompletesWithoutCompleteJobsV3(t *testing.T) {
+	e := newEnv(t)
+	e.exec(`DROP FUNCTION public.complete_jobs_v3(text, uuid[], uuid[], jsonb[])`)
+	h := handlers.Func(func(ctx context.Context, j handlers.Job) (handlers.Result, error) {
+		time.Sleep(5 * time.Millisecond)
+		return handlers.Result{Output: json.RawMessage(`{"ok":true}`)}, nil
+	})
+	for i := 0; i < 40; i++ {
+		e.enqueue("data_migration", `{"n":1}`)
+	}
+	r := e.start(Config{Concurrency: 8}, map[string]handlers.Handler{"data_migration": h})
+	waitFor(t, "all completed", func() bool {
+		var n int
+		_ = e.pool.QueryRow(context.Background(), `SELECT count(*) FROM public.job_queue_all WHERE status = 'completed' AND job_type = 'data_migration'`).Scan(&n)
+		return n == 40
+	})
+	r.stop(t)
+	var completes int
+	if err := e.pool.QueryRow(context.Background(), `SELECT count(*) FROM public.audit_log WHERE operation = 'COMPLETE'`).Scan(&completes); err != nil || completes != 40 {
+		t.Fatalf("%d COMPLETE audit rows (%v), want 40", completes, err)
+	}
+	if n := metricValue(r.w.Metrics().DBErrors.WithLabelValues("complete batch")); n > 0 {
+		t.Fatalf("%v failed batch completions: the fallback was not used", n)
+	}
+}
+
 func TestBatchClaimConcurrency(t *testing.T) {
 	e := newEnv(t)
 	var cur, peak atomic.Int64
